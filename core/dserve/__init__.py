@@ -1,0 +1,3 @@
+"""dserve: a serving framework for masked-diffusion language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from dserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The contract between the scheduler and decoding engines.
+
+An algorithm is a step-wise runner over a batch of sequences. The scheduler admits sequences,
+calls `step()` to run one denoising step for all of them, reads back what each committed, and
+releases sequences that finished or were cancelled. The runner owns its device state (canvases,
+caches, schedules); the scheduler owns when steps run and which sequences are in the batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from dserve.modeling import DiffusionModel
+from dserve.sequence import Sequence
+
+
+@dataclass
+class StepResult:
+    """What one step did to one sequence."""
+
+    seq: Sequence
+    committed: list[tuple[int, int]] = field(default_factory=list)  # (offset after prompt, token id)
+    finished: bool = False  # the runner has nothing more to do for this sequence
+    nfe: int = 1  # model forward passes this step spent on the sequence
+
+
+class AlgorithmRunner(ABC):
+    """Runs one algorithm of one engine for a changing batch of sequences."""
+
+    def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.sequences: list[Sequence] = []
+
+    def has_capacity(self) -> bool:
+        return len(self.sequences) < self.max_batch_size
+
+    def admit(self, seq: Sequence) -> None:
+        """Add a sequence; it takes part from the next step on."""
+        seq.engine_state = self.init_state(seq)
+        self.sequences.append(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """Drop a sequence (finished or cancelled) and free what it held."""
+        if seq in self.sequences:
+            self.sequences.remove(seq)
+            self.free_state(seq)
+        seq.engine_state = None
+
+    @abstractmethod
+    def init_state(self, seq: Sequence) -> object:
+        """Build the per-sequence state (canvas, schedule, generator)."""
+
+    def free_state(self, seq: Sequence) -> None:
+        """Free per-sequence device state beyond what garbage collection frees."""
+
+    @abstractmethod
+    def step(self) -> list[StepResult]:
+        """One denoising step for every admitted sequence; one result per sequence."""

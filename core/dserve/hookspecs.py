@@ -1,0 +1,76 @@
+"""The hooks a dserve plugin can implement.
+
+A plugin is a module named by a setuptools entry point in the ``dserve`` group::
+
+    [project.entry-points.dserve]
+    myplugin = "my_package.plugin"
+
+and decorates functions with :data:`hookimpl`. Hooks are for registration and lifecycle only;
+the work itself (models, engines) lives in classes the registrations name lazily as
+"module:attr" strings, so listing plugins imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from dserve.registry import EngineSpec, ModelSpec
+
+hookspec = pluggy.HookspecMarker("dserve")
+hookimpl = pluggy.HookimplMarker("dserve")
+
+
+@hookspec
+def register_models(register: Callable[["ModelSpec"], None]) -> None:
+    """Register model families.
+
+    Call ``register(ModelSpec(...))`` once per family. A checkpoint is matched to a family by
+    the ``architectures`` list of its ``config.json``; the spec's ``loader`` string names a
+    callable ``(path, *, dtype, device) -> dserve.modeling.DiffusionModel``.
+    """
+
+
+@hookspec
+def register_engines(register: Callable[["EngineSpec"], None]) -> None:
+    """Register decoding engines.
+
+    Call ``register(EngineSpec(...))`` once per engine, listing its algorithms, each with its
+    runner class, its parameter model and the model capabilities it needs. Requests pick an
+    engine with ``engine`` and an algorithm with ``generation_algorithm``.
+    """
+
+
+@hookspec
+def register_routes(add_route: Callable[..., None]) -> None:
+    """Add HTTP routes to the server.
+
+    ``add_route(path, endpoint, methods=["GET"])`` takes a Starlette endpoint
+    (``async def endpoint(request) -> Response``). The server state is reachable as
+    ``request.app.state.dserve``. Routes pass through the same middleware as the core's.
+    """
+
+
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``dserve`` CLI.
+
+    Add a parser with ``subparsers.add_parser(name, help=...)`` and set its handler with
+    ``parser.set_defaults(handler=fn)``, where ``fn(args) -> int`` returns the exit status.
+    """
+
+
+@hookspec
+def server_startup(state: Any) -> None:
+    """Called once the server has loaded its model and started its scheduler.
+
+    ``state`` is the :class:`dserve.server.ServerState` (settings, registry, model, scheduler).
+    """
+
+
+@hookspec
+def server_shutdown(state: Any) -> None:
+    """Called when the server stops, after in-flight requests have drained."""

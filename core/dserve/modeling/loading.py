@@ -1,0 +1,104 @@
+"""Checkpoint directories: config.json, safetensors weights (single file or sharded with an
+index), loaded into a module by the checkpoint's own parameter names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory, or a Hugging Face repo id already in the local HF cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available locally"
+        raise FileNotFoundError(
+            f"model {str(name_or_path)!r} is neither a directory nor in the local Hugging Face cache"
+        ) from exc
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    with open(Path(path) / "config.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, config: dict, device: str | torch.device) -> torch.dtype:
+    """"auto" = the checkpoint's torch_dtype on a GPU, float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if torch.device(device).type == "cpu":
+            return torch.float32
+        return DTYPES.get(str(config.get("torch_dtype", "bfloat16")), torch.bfloat16)
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(sorted(DTYPES))}") from None
+
+
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [path / s for s in shards]
+    single = path / "model.safetensors"
+    if single.exists():
+        return [single]
+    found = sorted(path.glob("*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"no safetensors weights in {path}")
+    return found
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype, device) -> None:
+    """Load every tensor of the checkpoint into `module` by name; names must match exactly."""
+    expected = dict(module.named_parameters())
+    expected.update({n: b for n, b in module.named_buffers() if n in module.state_dict()})
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    for file in weight_files(Path(path)):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name not in expected:
+                    unexpected.append(name)
+                    continue
+                tensor = f.get_tensor(name)
+                target = expected[name]
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(target.shape)}")
+                with torch.no_grad():
+                    if target.is_meta:
+                        _assign(module, name, tensor.to(device=device, dtype=dtype))
+                    else:
+                        target.copy_(tensor.to(dtype=target.dtype))
+                seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def _assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))

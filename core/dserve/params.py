@@ -1,0 +1,91 @@
+"""Decoding parameters: the base every algorithm's parameter model extends.
+
+Parameter models are plain pydantic (no torch) so that listing algorithms and validating
+requests never loads a model. Values are resolved in this order, first wins:
+request body > server defaults (CLI / DSERVE_* env) > model defaults > algorithm defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Fields every OpenAI-style request may carry for diffusion decoding. An algorithm that does not
+# use one of them ignores it, so one request body works across algorithms; any other unknown
+# field is rejected, so typos do not pass silently.
+COMMON_DIFFUSION_FIELDS = frozenset(
+    {"temperature", "steps", "block_length", "remasking", "threshold", "factor", "cfg_scale"}
+)
+
+
+class DecodingParams(BaseModel):
+    """Parameters shared by the masked-diffusion algorithms."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy")
+    steps: int | None = Field(
+        None, ge=1, le=512, description="denoising steps for the whole generation; default: one token per step"
+    )
+    block_length: int = Field(32, ge=1, le=4096, description="semi-autoregressive block length")
+
+    def steps_per_block(self, gen_length: int) -> int:
+        """Steps each block gets: total steps split over the blocks, at least one."""
+        blocks = max(1, -(-gen_length // self.block_length))
+        total = self.steps if self.steps is not None else gen_length
+        return max(1, -(-total // blocks))
+
+    def gen_length(self, max_tokens: int) -> int:
+        """The canvas is whole blocks: max_tokens rounded up (the output is cut back)."""
+        return -(-max_tokens // self.block_length) * self.block_length
+
+
+class ParamError(ValueError):
+    """A decoding parameter is invalid; `param` names it for the OpenAI error object."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def resolve_params(
+    params_cls: type[DecodingParams],
+    *layers: Mapping[str, Any] | None,
+    algorithm: str = "",
+) -> DecodingParams:
+    """Merge parameter layers (lowest priority first) and validate them for one algorithm.
+
+    `None` values mean "not given" and never override a lower layer. Common diffusion fields
+    the algorithm does not use are dropped; any other unknown field is an error.
+    """
+    fields = params_cls.model_fields
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if value is None:
+                continue
+            if key not in fields:
+                if key in COMMON_DIFFUSION_FIELDS:
+                    continue
+                known = ", ".join(sorted(fields))
+                raise ParamError(
+                    f"unknown parameter {key!r} for algorithm {algorithm!r}; its parameters are: {known}",
+                    param=key,
+                )
+            merged[key] = value
+    try:
+        return params_cls.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        raise ParamError(f"invalid value for {loc!r}: {err['msg']}", param=loc) from None
+
+
+def params_schema(params_cls: type[DecodingParams]) -> dict[str, Any]:
+    """Per parameter: type, default, bounds and description (for /generation/algorithms)."""
+    schema = params_cls.model_json_schema()
+    return {
+        name: {k: v for k, v in prop.items() if k != "title"}
+        for name, prop in schema.get("properties", {}).items()
+    }

@@ -1,0 +1,191 @@
+"""OpenAI request bodies (validated) and response shapes (built as dicts, documented here).
+
+Diffusion parameters are top-level body fields, which is where OpenAI clients put
+`extra_body`. The common ones are declared for validation and the API docs; an algorithm's own
+parameters pass through as extra fields and are validated by the algorithm's parameter model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_N = 16
+MAX_STOP = 8
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class DiffusionFields(BaseModel):
+    """Diffusion decoding fields (send them with the OpenAI client's `extra_body`)."""
+
+    steps: int | None = Field(None, ge=1, le=512, description="denoising steps for the whole generation")
+    block_length: int | None = Field(None, ge=1, le=4096, description="semi-autoregressive block length")
+    remasking: Literal["low_confidence", "random"] | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold (parallel decoding)")
+    factor: float | None = Field(None, gt=0.0, le=64.0, description="factor rule for parallel decoding")
+    cfg_scale: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
+    engine: str | None = Field(None, max_length=64, description="decoding engine, e.g. llada, fastdllm, dinfer")
+    generation_algorithm: str | None = Field(None, max_length=64, description="algorithm of the engine")
+
+
+class _GenerationRequest(DiffusionFields):
+    # extra="allow": an algorithm's own parameters arrive as extra fields
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(..., max_length=512)
+    max_tokens: int | None = Field(None, ge=1, le=65536)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="accepted for compatibility; ignored")
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: Union[str, list[str], None] = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v):
+        if v is None:
+            return []
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+    def algorithm_fields(self) -> dict[str, Any]:
+        """The body fields that are decoding parameters (None = not given)."""
+        fields = {
+            "temperature": self.temperature,
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "remasking": self.remasking,
+            "threshold": self.threshold,
+            "factor": self.factor,
+            "cfg_scale": self.cfg_scale,
+        }
+        fields.update(self.model_extra or {})
+        return fields
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=65536)
+    logprobs: bool | None = Field(None, description="not supported: must be false or absent")
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not supported by diffusion decoding")
+        return v
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: bool = False
+    logprobs: int | None = Field(None, description="not supported: must be absent")
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v is not None:
+            raise ValueError("logprobs are not supported by diffusion decoding")
+        return v
+
+
+# ---- async job API (dLLM-Serve compatible) --------------------------------------------------
+
+
+class GenerateRequest(DiffusionFields):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(..., min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    gen_length: int | None = Field(None, ge=1, le=65536, description="tokens to generate (max_tokens)")
+    max_tokens: int | None = Field(None, ge=1, le=65536)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class GenerateBatchRequest(GenerateRequest):
+    prompt: str | None = None  # type: ignore[assignment]
+    prompts: list[str] = Field(..., min_length=1, max_length=256)
+
+
+# ---- responses (documentation of the JSON the server sends) -----------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    nfe: int = Field(description="model forward passes spent on the request (dserve extension)")
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict[str, Any]
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

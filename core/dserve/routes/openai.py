@@ -1,0 +1,216 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from dserve.errors import APIError, BadRequest
+from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
+from dserve.protocol import ChatCompletionRequest, CompletionRequest
+from dserve.routes._common import parse_body, run_unless_disconnected, set_log_fields
+from dserve.scheduler import GenerationHandle
+from dserve.service import GenerationService, collect_text
+
+
+def _service(request: Request) -> GenerationService:
+    return request.app.state.dserve
+
+
+async def list_models(request: Request) -> Response:
+    service = _service(request)
+    data = []
+    if service.model is not None:
+        data.append(
+            {
+                "id": service.model_id,
+                "object": "model",
+                "created": service.created,
+                "owned_by": "dserve",
+                "max_model_len": service.model.info.max_length,
+                "family": service.model.info.family,
+            }
+        )
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def chat_completions(request: Request) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    service = _service(request)
+    service.check_model(body.model)
+    messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+    try:
+        prompt_ids = chat_prompt_ids(service.model.tokenizer, messages)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="messages") from None
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await _generate(request, service, body, [prompt_ids], max_tokens, chat=True)
+
+
+async def completions(request: Request) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    service = _service(request)
+    service.check_model(body.model)
+    tok = service.model.tokenizer
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts = [completion_prompt_ids(tok, prompt)]
+    elif prompt and all(isinstance(p, str) for p in prompt):
+        prompts = [completion_prompt_ids(tok, p) for p in prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    elif prompt and all(isinstance(p, list) for p in prompt):
+        prompts = [list(p) for p in prompt]
+    else:
+        raise BadRequest("prompt must be a string, a list of strings, or token ids", param="prompt")
+    vocab = service.model.info.vocab_size
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise BadRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
+    if body.echo:
+        raise BadRequest("echo is not supported", param="echo")
+    return await _generate(request, service, body, prompts, body.max_tokens, chat=False)
+
+
+async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) -> Response:
+    loop = asyncio.get_running_loop()
+    handles: list[GenerationHandle] = []
+    choice = None
+    try:
+        for prompt_ids in prompts:
+            choice, hs = service.submit(
+                prompt_ids,
+                fields=body.algorithm_fields(),
+                engine=body.engine,
+                algorithm=body.generation_algorithm,
+                max_tokens=max_tokens,
+                n=body.n,
+                seed=body.seed,
+                stop=body.stop,
+                loop=loop,
+            )
+            handles.extend(hs)
+    except APIError:
+        for h in handles:
+            service.scheduler.cancel(h)
+        raise
+    meta = {
+        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        "created": int(time.time()),
+        "model": service.model_id,
+    }
+    set_log_fields(
+        request,
+        engine=choice.engine.name,
+        algorithm=choice.algorithm.name,
+        prompt_tokens=sum(len(p) for p in prompts),
+        n=len(handles),
+    )
+    prompt_tokens = sum(len(p) for p in prompts)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _stream(request, service, handles, meta, chat, include_usage, prompt_tokens)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        texts = await run_unless_disconnected(request, asyncio.gather(*(collect_text(h) for h in handles)))
+    finally:
+        for h in handles:
+            if not h.done:
+                service.scheduler.cancel(h)
+    usage = _usage(prompt_tokens, handles)
+    _record(request, service, handles, usage)
+    choices = []
+    for i, (h, text) in enumerate(zip(handles, texts)):
+        if chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": h.tracker.finish_reason, "logprobs": None})
+        else:
+            choices.append({"index": i, "text": text, "finish_reason": h.tracker.finish_reason, "logprobs": None})
+    obj = "chat.completion" if chat else "text_completion"
+    return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage})
+
+
+def _usage(prompt_tokens: int, handles: list[GenerationHandle]) -> dict[str, int]:
+    completion = sum(h.completion_tokens for h in handles)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "nfe": sum(h.nfe for h in handles),
+    }
+
+
+def _record(request: Request, service: GenerationService, handles, usage) -> None:
+    set_log_fields(request, completion_tokens=usage["completion_tokens"], nfe=usage["nfe"])
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.record_usage(usage["prompt_tokens"], usage["completion_tokens"])
+        for h in handles:
+            if h.first_token_at is not None:
+                metrics.time_to_first_token.observe(h.first_token_at - h.submitted_at)
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _stream(request, service, handles, meta, chat, include_usage, prompt_tokens) -> AsyncIterator[str]:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> dict:
+        if chat:
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            c = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            c = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+        out = {**meta, "object": obj, "choices": [c]}
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, handle: GenerationHandle) -> None:
+        while True:
+            event = await handle.events.get()
+            await queue.put((index, event))
+            if event.kind != "delta":
+                return
+
+    pumps = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        if chat:
+            for i in range(len(handles)):
+                yield _sse(chunk(i, "", None, first=True))
+        remaining = len(handles)
+        while remaining:
+            index, event = await queue.get()
+            if event.kind == "delta":
+                yield _sse(chunk(index, event.text, None))
+            elif event.kind == "error":
+                err = event.error or APIError("generation failed")
+                yield _sse(err.body())
+                remaining = 0
+                break
+            else:
+                remaining -= 1
+                yield _sse(chunk(index, None if chat else "", handles[index].tracker.finish_reason))
+        if include_usage:
+            usage = _usage(prompt_tokens, handles)
+            yield _sse({**meta, "object": obj, "choices": [], "usage": usage})
+        _record(request, service, handles, _usage(prompt_tokens, handles))
+        yield "data: [DONE]\n\n"
+    finally:
+        for p in pumps:
+            p.cancel()
+        for h in handles:
+            if not h.done:
+                service.scheduler.cancel(h)

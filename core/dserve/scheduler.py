@@ -1,0 +1,318 @@
+"""Continuous step-level batching on a dedicated thread.
+
+Requests wait in a bounded admission queue. Each loop iteration the scheduler moves waiting
+sequences into their algorithm's running batch (as far as it has room), runs one step of every
+non-empty batch, hands each sequence's committed tokens to its output tracker and releases the
+sequences that finished, timed out or were cancelled. Model work never runs on the event loop;
+results reach the asyncio side through `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+
+from dserve.engine import AlgorithmRunner, StepResult
+from dserve.errors import APIError, Overloaded, RequestTimeout, Unavailable
+from dserve.output import OutputTracker
+from dserve.sequence import Sequence
+
+log = structlog.get_logger("dserve.scheduler")
+
+RunnerKey = tuple[str, str]  # (engine, algorithm)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "delta" | "done" | "error"
+    text: str = ""
+    error: APIError | None = None
+
+
+@dataclass(eq=False)
+class GenerationHandle:
+    """One sequence in flight: what the HTTP side awaits and the scheduler updates."""
+
+    seq: Sequence
+    runner_key: RunnerKey
+    tracker: OutputTracker
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    deadline: float | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    nfe: int = 0
+    cancelled: bool = False
+    done: bool = False
+
+    def _emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tracker.output_ids)
+
+
+class SchedulerStats:
+    """Counters for /batch/stats and /v1/engine/stats (read from any thread)."""
+
+    def __init__(self, window: float = 60.0):
+        self.started = time.monotonic()
+        self.steps = 0
+        self.tokens_committed = 0
+        self.batch_size_sum = 0
+        self.histogram: collections.Counter[int] = collections.Counter()
+        self.requests_finished = 0
+        self._recent: collections.deque[tuple[float, int, int]] = collections.deque()  # (t, batch, tokens)
+        self._window = window
+
+    def record_step(self, batch_size: int, tokens: int) -> None:
+        now = time.monotonic()
+        self.steps += 1
+        self.tokens_committed += tokens
+        self.batch_size_sum += batch_size
+        self.histogram[batch_size] += 1
+        self._recent.append((now, batch_size, tokens))
+        while self._recent and now - self._recent[0][0] > self._window:
+            self._recent.popleft()
+
+    def snapshot(self) -> dict[str, Any]:
+        recent = list(self._recent)
+        span = (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
+        return {
+            "total_steps": self.steps,
+            "total_tokens_committed": self.tokens_committed,
+            "requests_finished": self.requests_finished,
+            "avg_batch_size": self.batch_size_sum / self.steps if self.steps else 0.0,
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+            "steps_per_second": (len(recent) - 1) / span if span > 0 else 0.0,
+            "tokens_per_step": self.tokens_committed / self.steps if self.steps else 0.0,
+            "uptime_s": time.monotonic() - self.started,
+        }
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner_factory: Callable[[RunnerKey], AlgorithmRunner],
+        *,
+        max_queue_size: int = 256,
+        max_wait_time: float = 0.0,
+        on_step: Callable[[int, int], None] | None = None,
+        on_finish: Callable[[GenerationHandle], None] | None = None,
+    ):
+        self._runner_factory = runner_factory
+        self.runners: dict[RunnerKey, AlgorithmRunner] = {}
+        self.max_queue_size = max_queue_size
+        self.max_wait_time = max_wait_time
+        self.stats = SchedulerStats()
+        self._on_step = on_step
+        self._on_finish = on_finish
+        self._waiting: collections.deque[GenerationHandle] = collections.deque()
+        self._running: dict[int, GenerationHandle] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        self.draining = False
+        self._thread = threading.Thread(target=self._loop, name="dserve-scheduler", daemon=True)
+
+    # ---- called from the event loop -------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, handles: list[GenerationHandle]) -> None:
+        """Queue handles (all of one request) or refuse them all: 503 draining, 429 full."""
+        with self._cv:
+            if self.draining or self._stop:
+                raise Unavailable("the server is shutting down", code="server_shutting_down")
+            if len(self._waiting) + len(handles) > self.max_queue_size:
+                raise Overloaded(
+                    "the request queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}
+                )
+            self._waiting.extend(handles)
+            self._cv.notify_all()
+
+    def cancel(self, handle: GenerationHandle) -> None:
+        """Free the handle's slot at the next step (client gone or request over)."""
+        with self._cv:
+            handle.cancelled = True
+            self._cv.notify_all()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def in_flight(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    # ---- the scheduler thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cv.wait()
+                if self._stop:
+                    break
+                if not self._running and self.max_wait_time > 0:
+                    # an idle server gives the first batch a moment to fill
+                    self._cv.wait_for(lambda: self._stop, timeout=self.max_wait_time)
+                admitted = self._take_admissible()
+            try:
+                for handle in admitted:
+                    self._admit(handle)
+                self._drop_cancelled_and_expired()
+                for key, runner in list(self.runners.items()):
+                    if runner.sequences:
+                        self._step(runner)
+            except Exception:  # noqa: BLE001 - the loop must survive anything a runner throws
+                log.exception("scheduler iteration failed")
+
+    def _take_admissible(self) -> list[GenerationHandle]:
+        taken, kept = [], collections.deque()
+        room: dict[RunnerKey, int] = {}
+        while self._waiting:
+            handle = self._waiting.popleft()
+            if handle.cancelled:
+                self._finish(handle, None)
+                continue
+            if handle.runner_key not in room:
+                runner = self.runners.get(handle.runner_key)
+                room[handle.runner_key] = (
+                    runner.max_batch_size - len(runner.sequences) if runner else self._default_room(handle.runner_key)
+                )
+            if room[handle.runner_key] > 0:
+                room[handle.runner_key] -= 1
+                taken.append(handle)
+            else:
+                kept.append(handle)
+        self._waiting = kept
+        return taken
+
+    def _default_room(self, key: RunnerKey) -> int:
+        runner = self._get_runner(key)
+        return runner.max_batch_size
+
+    def _get_runner(self, key: RunnerKey) -> AlgorithmRunner:
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.runners[key] = self._runner_factory(key)
+        return runner
+
+    def _admit(self, handle: GenerationHandle) -> None:
+        try:
+            self._get_runner(handle.runner_key).admit(handle.seq)
+        except APIError as exc:
+            self._fail(handle, exc)
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("admission failed", seq_id=handle.seq.seq_id)
+            self._fail(handle, APIError("internal error while admitting the request"))
+            return
+        self._running[handle.seq.seq_id] = handle
+
+    def _drop_cancelled_and_expired(self) -> None:
+        now = time.monotonic()
+        for handle in list(self._running.values()):
+            if handle.cancelled:
+                self._release(handle)
+                self._finish(handle, None)
+            elif handle.deadline is not None and now > handle.deadline:
+                self._release(handle)
+                self._fail(handle, RequestTimeout("the request exceeded the server's request timeout", code="timeout"))
+        for handle in [h for h in self._waiting if h.deadline is not None and now > h.deadline]:
+            self._waiting.remove(handle)
+            self._fail(handle, RequestTimeout("the request timed out waiting in the queue", code="timeout"))
+
+    def _step(self, runner: AlgorithmRunner) -> None:
+        batch = len(runner.sequences)
+        try:
+            results = runner.step()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("engine step failed", batch_size=batch)
+            error = self._step_error(exc)
+            for seq in list(runner.sequences):
+                handle = self._running.get(seq.seq_id)
+                runner.release(seq)
+                if handle is not None:
+                    self._fail(handle, error)
+            return
+        tokens = 0
+        for result in results:
+            tokens += len(result.committed)
+            self._apply(result)
+        self.stats.record_step(batch, tokens)
+        if self._on_step is not None:
+            self._on_step(batch, tokens)
+
+    @staticmethod
+    def _step_error(exc: Exception) -> APIError:
+        if type(exc).__name__ == "OutOfMemoryError":
+            _free_device_memory()
+            return Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
+        return APIError("internal error while decoding", code="engine_error")
+
+    def _apply(self, result: StepResult) -> None:
+        handle = self._running.get(result.seq.seq_id)
+        if handle is None:
+            return
+        handle.nfe += result.nfe
+        delta = handle.tracker.apply(result.committed)
+        if result.finished and not handle.tracker.finished:
+            delta += handle.tracker.canvas_complete()
+        if delta:
+            if handle.first_token_at is None:
+                handle.first_token_at = time.monotonic()
+            handle._emit(Event("delta", delta))
+        if handle.tracker.finished:
+            self._release(handle)
+            self._finish(handle, Event("done"))
+
+    def _release(self, handle: GenerationHandle) -> None:
+        self._running.pop(handle.seq.seq_id, None)
+        runner = self.runners.get(handle.runner_key)
+        if runner is not None:
+            runner.release(handle.seq)
+
+    def _fail(self, handle: GenerationHandle, error: APIError) -> None:
+        self._running.pop(handle.seq.seq_id, None)
+        self._finish(handle, Event("error", error=error))
+
+    def _finish(self, handle: GenerationHandle, event: Event | None) -> None:
+        if handle.done:
+            return
+        handle.done = True
+        self.stats.requests_finished += 1
+        if event is not None:
+            handle._emit(event)
+        if self._on_finish is not None:
+            try:
+                self._on_finish(handle)
+            except Exception:  # noqa: BLE001
+                log.exception("on_finish callback failed")
+
+
+def _free_device_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,66 @@
+"""Server settings: CLI flags, each also readable from a DSERVE_* environment variable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DSERVE_", extra="ignore", protected_namespaces=())
+
+    # model
+    model: str | None = Field(None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model")
+    tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
+    served_model_name: str | None = Field(None, description="model id clients use (default: derived from --model)")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
+
+    # decoding defaults (a request's own fields win)
+    engine: str | None = Field(None, description="default engine (default: the model family's)")
+    algorithm: str | None = Field(None, description="default algorithm of the engine")
+    steps: int | None = Field(None, ge=1, le=512)
+    block_length: int | None = Field(None, ge=1)
+    remasking: Literal["low_confidence", "random"] | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    factor: float | None = Field(None, gt=0.0)
+    cfg_scale: float | None = Field(None, ge=0.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int = Field(128, ge=1, description="default max_tokens when a request gives none")
+
+    # server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_json: bool = False
+    log_level: str = "info"
+    log_prompts: bool = Field(False, description="include prompt text in logs")
+
+    # scheduling
+    max_batch_size: int = Field(16, ge=1, description="sequences per running batch")
+    max_wait_time: float = Field(0.0, ge=0.0, description="seconds an idle server waits to fill a batch before the first step")
+    max_queue_size: int = Field(256, ge=1, description="requests waiting for a batch slot before 429")
+    request_timeout: float | None = Field(None, gt=0.0, description="seconds before a request ends with an error")
+    shutdown_grace: float = Field(30.0, ge=0.0, description="seconds in-flight requests get to finish after SIGTERM")
+    result_ttl: float = Field(600.0, gt=0.0, description="seconds finished async job results are kept")
+
+    # middleware
+    api_key: list[str] | None = Field(None, description="accepted bearer key(s)")
+    rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
+    max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1)
+    cors_origins: list[str] | None = None
+    metrics: bool = True
+    metrics_require_key: bool = False
+
+    def decoding_defaults(self) -> dict:
+        return {
+            "temperature": self.temperature,
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "remasking": self.remasking,
+            "threshold": self.threshold,
+            "factor": self.factor,
+            "cfg_scale": self.cfg_scale,
+        }

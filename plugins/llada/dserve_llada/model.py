@@ -1,0 +1,118 @@
+"""LLaDA (GSAI-ML/LLaDA-8B-Instruct, -Base, LLaDA-1.5) with its published parameter names.
+
+Module attributes mirror the checkpoint (`model.transformer.blocks.{i}.q_proj.weight`, ...), so
+weights load by name with no mapping table. The arithmetic comes from the core's shared layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
+from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
+from dserve.modeling.tokenizer import load_tokenizer
+from dserve.registry import BIDIRECTIONAL, KV_CACHE
+from dserve_llada.config import LLaDAConfig
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        d, hd = cfg.d_model, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
+        self.attn_out = nn.Linear(cfg.n_heads * hd, d, bias=False)
+        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)  # gate (through SiLU)
+        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)  # down
+
+    def forward(self, x, rotary, cos, sin, positions, attention_mask, cache):
+        B, T, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        a = attention(q, k, v, positions, attention_mask, cache)
+        x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, -1))
+        return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
+
+
+class LLaDAModel(DiffusionModel):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_layers, self.num_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
+        transformer = nn.Module()
+        transformer.wte = nn.Embedding(cfg.embedding_size, cfg.d_model)
+        transformer.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
+        transformer.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        if not cfg.weight_tying:
+            transformer.ff_out = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
+        self.model = nn.Module()
+        self.model.transformer = transformer
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision)
+        stop_ids = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
+        self.info = ModelInfo(
+            family="llada",
+            mask_id=cfg.mask_token_id,
+            eos_id=cfg.eos_token_id,
+            stop_ids=stop_ids,
+            vocab_size=cfg.embedding_size,
+            max_length=cfg.max_sequence_length,
+            capabilities=frozenset({BIDIRECTIONAL, KV_CACHE}),
+        )
+
+    def forward(self, input_ids, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None):
+        t = self.model.transformer
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        cos, sin = self.rotary.cos_sin(positions)
+        x = t.wte(input_ids)
+        for i, block in enumerate(t.blocks):
+            x = block(x, self.rotary, cos, sin, positions, attention_mask, kv_cache[i] if kv_cache else None)
+        x = t.ln_f(x)
+        head = t.wte.weight if self.cfg.weight_tying else t.ff_out.weight
+        return nn.functional.linear(x, head)
+
+
+def load_llada(
+    path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+) -> LLaDAModel:
+    """Load a LLaDA checkpoint directory (config.json, safetensors, tokenizer) by parameter name."""
+    path = resolve_checkpoint_dir(path)
+    raw = read_config(path)
+    cfg = LLaDAConfig.from_dict(raw)
+    dtype = resolve_dtype(dtype, raw, device)
+    with torch.device("meta"):
+        model = LLaDAModel(cfg)
+    model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
+    load_weights(model, path, dtype=dtype, device=device)
+    model.eval().requires_grad_(False)
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        model.tokenizer = load_tokenizer(path)
+    return model
+
+
+def random_llada(cfg: LLaDAConfig, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> LLaDAModel:
+    """A LLaDA model with random weights in a real shape (for GPU benchmarks)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LLaDAModel(cfg).to(dtype)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                continue
+            nn.init.normal_(p, std=0.02)
+    return model.eval().requires_grad_(False)
