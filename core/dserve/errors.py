@@ -45,7 +45,9 @@ class Unavailable(APIError):
 
 
 class RequestTimeout(APIError):
-    status = 408
+    """The request ran past --request-timeout (504: the server, not the client, was slow)."""
+
+    status = 504
     type = "timeout_error"
 
 

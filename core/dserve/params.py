@@ -85,7 +85,15 @@ def resolve_params(
 def params_schema(params_cls: type[DecodingParams]) -> dict[str, Any]:
     """Per parameter: type, default, bounds and description (for /generation/algorithms)."""
     schema = params_cls.model_json_schema()
-    return {
-        name: {k: v for k, v in prop.items() if k != "title"}
-        for name, prop in schema.get("properties", {}).items()
-    }
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        variants = prop.pop("anyOf", None)
+        if variants:  # Optional[X]: describe X, and say that null (= default rule) is allowed
+            for variant in variants:
+                if variant.get("type") != "null":
+                    prop.update(variant)
+            prop["nullable"] = True
+        prop.pop("title", None)
+        out[name] = prop
+    return out

@@ -8,8 +8,16 @@ from typing import Any
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    # AutoTokenizer reads config.json and warns that it does not know model_type "llada";
+    # the tokenizer itself is a standard one.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

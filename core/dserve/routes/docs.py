@@ -26,6 +26,7 @@ _ERRORS = {
     "413": "request body too large",
     "429": "queue full or rate limited (see Retry-After)",
     "503": "loading, draining or out of device memory",
+    "504": "the request ran past --request-timeout",
 }
 
 _OBJECT = {"type": "object", "additionalProperties": True}
@@ -45,7 +46,7 @@ def build_openapi() -> dict[str, Any]:
     def errors(*codes: str) -> dict:
         return {c: {**err, "description": _ERRORS[c]} for c in codes}
 
-    def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "413", "429", "503"), sse=False):
+    def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "413", "429", "503", "504"), sse=False):
         o: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}}
         if sse:
             o["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}

@@ -1,0 +1,1 @@
+"""An example third-party dserve plugin (the tests pip-install it)."""

@@ -1,0 +1,72 @@
+"""Implements every dserve hook, so the test suite exercises each one through a real install."""
+
+import os
+from pathlib import Path
+
+from starlette.responses import JSONResponse
+
+from dserve.hookspecs import hookimpl
+from dserve.registry import BIDIRECTIONAL, AlgorithmSpec, EngineSpec
+
+
+@hookimpl
+def register_models(register):
+    """This plugin adds no model family (the hook is optional)."""
+
+
+@hookimpl
+def register_engines(register):
+    register(
+        EngineSpec(
+            name="example",
+            aliases=("example-engine",),
+            default_algorithm="left_to_right",
+            algorithms=(
+                AlgorithmSpec(
+                    name="left_to_right",
+                    runner="dserve_example_plugin.left_to_right:LeftToRightRunner",
+                    params="dserve_example_plugin.params:LeftToRightParams",
+                    requires=frozenset({BIDIRECTIONAL}),
+                    description="commit the leftmost masked positions each step",
+                ),
+            ),
+        )
+    )
+
+
+async def _ping(request):
+    return JSONResponse({"plugin": "example", "model": request.app.state.dserve.model_id})
+
+
+@hookimpl
+def register_routes(add_route):
+    add_route("/example/ping", _ping, methods=["GET"])
+
+
+def _hello(args):
+    print(f"hello from the example plugin, {args.name}")
+    return 0
+
+
+@hookimpl
+def register_commands(subparsers):
+    parser = subparsers.add_parser("example-hello", help="say hello (example plugin)")
+    parser.add_argument("--name", default="world")
+    parser.set_defaults(handler=_hello)
+
+
+def _mark(event, state):
+    marker = os.environ.get("DSERVE_EXAMPLE_MARKER")
+    if marker:
+        with Path(marker).open("a") as f:
+            f.write(f"{event} {state.model_id}\n")
+
+
+@hookimpl
+def server_startup(state):
+    _mark("startup", state)
+
+
+@hookimpl
+def server_shutdown(state):
+    _mark("shutdown", state)

@@ -1,0 +1,545 @@
+#!/usr/bin/env python3
+"""Train dserve's embedded default model, ``llada-tiny-instruct``.
+
+A few-million-parameter model with LLaDA's architecture, parameter names, special tokens and
+chat template, trained with LLaDA's masked-diffusion SFT objective on the synthetic task family
+of ``dserve.evaluation.tasks``, then evaluated on the held-out split with dserve's reference
+LLaDA loop (one token per step, temperature 0).
+
+    python training/train_tiny.py --device cuda --out /tmp/llada-tiny-instruct
+
+Objective (LLaDA SFT): per example t ~ U(eps, 1]; every response token (answer, <|eot_id|>,
+<|endoftext|> padding) is masked with probability t, the prompt never; loss = sum over masked
+positions of CE / t, divided by the response length, averaged over the batch. The response is
+padded with EOS to a length drawn per example (up to --max-response), so the model learns to
+fill unused canvas with EOS after end-of-turn and any canvas length works.
+
+Architectures: ``--arch llada`` (bidirectional LLaDA). The ``ARCHS`` table is where later
+variants (Dream's shifted logits, block-causal attention) plug in: an entry builds the
+config.json, the model and the evaluation runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+for _p in (REPO / "core", REPO / "plugins" / "llada"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+# must be set before CUDA initialises for deterministic cuBLAS
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from dserve.evaluation.tasks import (  # noqa: E402
+    EVAL_GEN_LENGTH,
+    KINDS,
+    MAX_ANSWER_CHARS,
+    Example,
+    generate_examples,
+    is_correct,
+    iter_examples,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: byte-level (every byte one token; printable ASCII is one character = one token),
+# plus LLaDA's special tokens. Built with `tokenizers`; loadable by AutoTokenizer, no remote code.
+# ---------------------------------------------------------------------------------------------
+
+BOS, EOS, SOH, EOH, EOT, MASK = (
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|mdm_mask|>",
+)
+SPECIAL_TOKENS = (BOS, EOS, SOH, EOH, EOT, MASK)  # ids 256..261
+
+# LLaDA-8B-Instruct's template shape (Llama-3): BOS once; per message header, trimmed content,
+# <|eot_id|>; generation prompt = the assistant header.
+CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable unicode map (what tokenizers' ByteLevel uses)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_tokenizer(out: Path) -> None:
+    """tokenizer.json, tokenizer_config.json (with the chat template), special_tokens_map.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}  # token id = byte value
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    added = {
+        str(256 + i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, t in enumerate(SPECIAL_TOKENS)
+    }
+    extra = [SOH, EOH, EOT, MASK]
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "added_tokens_decoder": added,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "additional_special_tokens": extra,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 512,
+        "padding_side": "left",
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    special_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "additional_special_tokens": extra}
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def prompt_ids(tok, prompts: list[str]) -> list[list[int]]:
+    """Exactly how the server tokenizes a chat request (dserve.modeling.tokenizer.chat_prompt_ids)."""
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Arch:
+    """What an architecture variant provides to the trainer."""
+
+    config: Callable[[argparse.Namespace, Any], dict]  # config.json contents
+    build: Callable[[dict], torch.nn.Module]  # a freshly initialised model from config.json
+    runner: Callable[[torch.nn.Module, int], Any]  # an AlgorithmRunner for evaluation
+    eval_params: Callable[[int], Any]  # decoding params: one token per step, temperature 0
+
+
+def _llada_config(args: argparse.Namespace, tok) -> dict:
+    vocab = len(tok)
+    padded = -(-vocab // 8) * 8
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    # The key set of GSAI-ML/LLaDA-8B-Instruct's config.json (docs: shared/specs/models.md 1.1)
+    # with tiny values; `eot_token_id` and `torch_dtype` are extra (dserve reads both).
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "d_model": args.d_model,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "n_kv_heads": args.n_heads,
+        "mlp_hidden_size": args.mlp_hidden,
+        "mlp_ratio": 4,
+        "activation_type": "silu",
+        "block_type": "llama",
+        "layer_norm_type": "rms",
+        "rms_norm_eps": 1e-5,
+        "layer_norm_with_affine": True,
+        "rope": True,
+        "rope_theta": 500000.0,
+        "rope_full_precision": True,
+        "max_sequence_length": 512,
+        "vocab_size": padded,
+        "embedding_size": padded,
+        "weight_tying": False,
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "bias_for_layer_norm": False,
+        "attention_layer_norm": False,
+        "scale_logits": False,
+        "input_emb_norm": False,
+        "alibi": False,
+        "flash_attention": False,
+        "bos_token_id": ids[BOS],
+        "eos_token_id": ids[EOS],
+        "pad_token_id": ids[EOS],
+        "mask_token_id": ids[MASK],
+        "eot_token_id": ids[EOT],
+        "use_cache": False,
+        "torch_dtype": "float32",
+    }
+
+
+def _llada_build(config: dict) -> torch.nn.Module:
+    from dserve_llada.config import LLaDAConfig
+    from dserve_llada.model import LLaDAModel
+
+    model = LLaDAModel(LLaDAConfig.from_dict(config))
+    std, n_layers = 0.02, config["n_layers"]
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            torch.nn.init.ones_(p)
+        elif name.endswith("attn_out.weight") or (".blocks." in name and name.endswith("ff_out.weight")):
+            torch.nn.init.normal_(p, std=std / math.sqrt(2 * n_layers))
+        else:
+            torch.nn.init.normal_(p, std=std)
+    return model
+
+
+def _llada_runner(model, batch_size: int):
+    from dserve_llada.reference import ReferenceRunner
+
+    return ReferenceRunner(model, max_batch_size=batch_size)
+
+
+def _llada_eval_params(gen_length: int):
+    from dserve_llada.params import ReferenceParams
+
+    return ReferenceParams(temperature=0.0, steps=gen_length, block_length=32, remasking="low_confidence")
+
+
+ARCHS: dict[str, Arch] = {
+    "llada": Arch(_llada_config, _llada_build, _llada_runner, _llada_eval_params),
+    # later: "dream" (shifted logits), "block_causal" (Nemotron / Fast-dLLM v2 style masks)
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+class Batcher:
+    """Training batches: prompt (never masked) + response = answer, <|eot_id|>, EOS padding.
+
+    Each example's response length is drawn at random (skewed towards short, up to
+    `max_response`); a pool of `pool` batches is sorted by total length and cut into batches,
+    so right padding (hidden from attention, no loss) wastes little compute.
+    """
+
+    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8):
+        self.tok, self.batch_size, self.max_response, self.pool = tok, batch_size, max_response, pool
+        self.examples = iter_examples(seed, "train")
+        self.rng = random.Random(f"batcher:{seed}")
+        self.eos, self.eot = tok.convert_tokens_to_ids(EOS), tok.convert_tokens_to_ids(EOT)
+        self.queue: list[list[tuple[list[int], list[int]]]] = []
+
+    def _refill(self) -> None:
+        exs = [next(self.examples) for _ in range(self.batch_size * self.pool)]
+        prompts = prompt_ids(self.tok, [e.prompt for e in exs])
+        answers = self.tok([e.answer for e in exs], add_special_tokens=False)["input_ids"]
+        rows = []
+        for p, a in zip(prompts, answers):
+            need = len(a) + 1
+            span = max(0, self.max_response - need)
+            length = need + int(span * self.rng.random() ** 2 + 0.5)
+            rows.append((p, a + [self.eot] + [self.eos] * (length - need)))
+        rows.sort(key=lambda r: len(r[0]) + len(r[1]))
+        batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        self.rng.shuffle(batches)
+        self.queue.extend(batches)
+
+    def next(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids [B,T], response mask [B,T], valid (non-pad) mask [B,T], response lengths [B]."""
+        if not self.queue:
+            self._refill()
+        rows = self.queue.pop()
+        T = max(len(p) + len(r) for p, r in rows)
+        ids = torch.full((len(rows), T), self.eos, dtype=torch.long)
+        resp = torch.zeros((len(rows), T), dtype=torch.bool)
+        valid = torch.zeros((len(rows), T), dtype=torch.bool)
+        lengths = torch.zeros(len(rows))
+        for i, (p, r) in enumerate(rows):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            resp[i, len(p) : len(p) + len(r)] = True
+            valid[i, : len(p) + len(r)] = True
+            lengths[i] = len(r)
+        return ids.to(device), resp.to(device), valid.to(device), lengths.to(device)
+
+
+def diffusion_loss(model, ids, resp, valid, lengths, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
+    """LLaDA's SFT loss: CE on masked response tokens, weighted 1/t, normalised by response length."""
+    B, T = ids.shape
+    # stratified t over the batch (lower variance than i.i.d. uniform; each t is still U(eps, 1])
+    u = (torch.rand((), generator=gen, device=ids.device) + torch.arange(B, device=ids.device) / B) % 1.0
+    t = eps + (1 - eps) * (1 - u)  # in (eps, 1]
+    masked = (torch.rand((B, T), generator=gen, device=ids.device) < t[:, None]) & resp
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    attn = None if bool(valid.all()) else valid
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.device.type == "cuda"):
+        logits = model(noisy, attention_mask=attn)
+    rows = masked.nonzero(as_tuple=True)[0]
+    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    return (ce / t[rows] / lengths[rows]).sum() / B
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation with the reference loop
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(arch: Arch, model, tok, prompts: list[str], gen_length: int, batch_size: int) -> tuple[list[list[int]], int]:
+    """Run the reference loop (one token per step, T=0) for every prompt; canvases after the prompt."""
+    from dserve.sequence import Sequence
+
+    params = arch.eval_params(gen_length)
+    runner = arch.runner(model, batch_size)
+    pending = list(enumerate(prompt_ids(tok, prompts)))[::-1]
+    where: dict[int, int] = {}
+    outputs: list[list[int]] = [[] for _ in prompts]
+    nfe = 0
+    while pending or runner.sequences:
+        while pending and runner.has_capacity():
+            i, ids = pending.pop()
+            seq = Sequence(ids, gen_length, params=params, seed=0)
+            runner.admit(seq)
+            where[seq.seq_id] = i
+        for r in runner.step():
+            nfe += r.nfe
+            if r.finished:
+                outputs[where.pop(r.seq.seq_id)] = r.seq.engine_state.canvas[r.seq.prompt_len :].tolist()
+                runner.release(r.seq)
+    return outputs, nfe
+
+
+def cut_answer(tok, canvas: list[int]) -> tuple[str, bool]:
+    """Text before the first <|eot_id|>/<|endoftext|>; clean = a stop exists and only EOS follows it."""
+    eot, eos = tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(EOS)
+    stop = next((i for i, x in enumerate(canvas) if x in (eot, eos)), None)
+    if stop is None:
+        return tok.decode(canvas, skip_special_tokens=True), False
+    clean = all(x == eos for x in canvas[stop + 1 :])
+    return tok.decode(canvas[:stop], skip_special_tokens=False), clean
+
+
+def evaluate(arch: Arch, model, tok, examples: list[Example], gen_length: int, batch_size: int, show: int = 0) -> dict:
+    t0 = time.time()
+    canvases, nfe = generate(arch, model, tok, [e.prompt for e in examples], gen_length, batch_size)
+    per_kind: dict[str, list[int]] = {k: [0, 0] for k in KINDS}
+    correct = clean = 0
+    for e, c in zip(examples, canvases):
+        text, ok_end = cut_answer(tok, c)
+        ok = is_correct(e, text)
+        correct += ok
+        clean += ok_end
+        per_kind[e.kind][0] += ok
+        per_kind[e.kind][1] += 1
+    for e, c in list(zip(examples, canvases))[:show]:
+        text, ok_end = cut_answer(tok, c)
+        print(f"  [{e.kind}] {e.prompt!r} -> {text!r} (want {e.answer!r}){'' if ok_end else ' UNCLEAN'}")
+    return {
+        "n": len(examples),
+        "accuracy": correct / len(examples),
+        "clean_end": clean / len(examples),
+        "per_kind": {k: v[0] / v[1] for k, v in per_kind.items() if v[1]},
+        "nfe_per_sequence": nfe / len(examples),
+        "seconds": time.time() - t0,
+        "canvases": canvases,
+    }
+
+
+def _fmt(res: dict) -> str:
+    kinds = " ".join(f"{k}={v:.3f}" for k, v in res["per_kind"].items())
+    return f"acc={res['accuracy']:.4f} clean={res['clean_end']:.4f} ({res['n']} ex, {res['seconds']:.1f}s) | {kinds}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(model, config: dict, tok_dir: Path, out: Path, report: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tok_dir != out:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (out / name).write_bytes((tok_dir / name).read_bytes())
+    if report is not None:
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="llada")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path("llada-tiny-instruct"), help="checkpoint directory to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--n-layers", type=int, default=6)
+    ap.add_argument("--n-heads", type=int, default=8)
+    ap.add_argument("--mlp-hidden", type=int, default=384)
+    ap.add_argument("--max-response", type=int, default=128, help="longest response canvas (answer+EOT+EOS pad)")
+    ap.add_argument("--eval-samples", type=int, default=700, help="held-out examples for the final evaluation")
+    ap.add_argument("--eval-every", type=int, default=0, help="quick held-out evaluation every N steps (0: off)")
+    ap.add_argument("--eval-batch-size", type=int, default=256)
+    ap.add_argument("--eval-seed", type=int, default=1234)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop training after this many minutes (0: no limit)")
+    ap.add_argument("--tar", action="store_true", help="also write OUT.tar.gz (for copying back from a remote run)")
+    ap.add_argument("--log-every", type=int, default=100)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    arch = ARCHS[args.arch]
+
+    out: Path = args.out
+    write_tokenizer(out)
+    tok = load_tokenizer(out)
+    config = arch.config(args, tok)
+    model = arch.build(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    mask_id = config["mask_token_id"]
+    print(f"arch={args.arch} params={n_params:,} ({n_params * 4 / 1e6:.1f} MB fp32) device={device} "
+          f"torch={torch.__version__} vocab={config['vocab_size']}", flush=True)
+    print("config:", json.dumps({k: config[k] for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size")}), flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    batcher = Batcher(tok, args.seed, args.batch_size, args.max_response)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(args.seed)
+    quick = generate_examples(280, seed=args.eval_seed + 1, split="heldout")
+    gen_length = EVAL_GEN_LENGTH
+    assert MAX_ANSWER_CHARS + 1 <= gen_length
+
+    t_start = time.time()
+    tokens = 0
+    running = None
+    step = 0
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        ids, resp, valid, lengths = batcher.next(device)
+        tokens += int(valid.sum())
+        loss = diffusion_loss(model, ids, resp, valid, lengths, mask_id, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % args.log_every == 0 or step == 0:
+            val = loss.item()
+            running = val if running is None else 0.9 * running + 0.1 * val
+            el = time.time() - t_start
+            print(f"step {step + 1}/{args.steps} loss {val:.4f} (avg {running:.4f}) lr {lr_at(step, args):.2e} "
+                  f"{el:.0f}s {el / (step + 1) * 1000:.0f}ms/step {tokens / el:.0f} tok/s", flush=True)
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            model.eval()
+            res = evaluate(arch, model, tok, quick, gen_length, args.eval_batch_size)
+            model.train()
+            print(f"  eval@{step + 1}: {_fmt(res)}", flush=True)
+        if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+            print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached", flush=True)
+            break
+    train_seconds = time.time() - t_start
+    steps_done = step + 1
+    print(f"trained {steps_done} steps, {steps_done * args.batch_size:,} examples, {tokens:,} tokens "
+          f"in {train_seconds:.0f}s", flush=True)
+
+    # Final evaluation: float32 weights (as the server runs them on the CPU), reference loop,
+    # one token per step, temperature 0.
+    model.eval().float()
+    report: dict[str, Any] = {
+        "arch": args.arch,
+        "params": n_params,
+        "steps": steps_done,
+        "batch_size": args.batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
+    if args.eval_samples:
+        held = generate_examples(args.eval_samples, seed=args.eval_seed, split="heldout")
+        res = evaluate(arch, model, tok, held, gen_length, args.eval_batch_size, show=12)
+        print(f"held-out (reference loop, 1 token/step, T=0, gen {gen_length}, block 32): {_fmt(res)}", flush=True)
+        # determinism: the first 100 again, alone in a different batch size
+        sub = held[:100]
+        again = evaluate(arch, model, tok, sub, gen_length, 7)
+        same = sum(a == b for a, b in zip(res["canvases"], again["canvases"]))
+        print(f"determinism: {same}/{len(sub)} identical canvases on a rerun with batch size 7", flush=True)
+        train_res = evaluate(arch, model, tok, generate_examples(280, seed=args.eval_seed, split="train"), gen_length,
+                             args.eval_batch_size)
+        print(f"train split sample: {_fmt(train_res)}", flush=True)
+        report["heldout"] = {k: v for k, v in res.items() if k != "canvases"}
+        report["heldout"]["eval_seed"] = args.eval_seed
+        report["determinism_identical"] = f"{same}/{len(sub)}"
+        report["train_sample_accuracy"] = train_res["accuracy"]
+    save_checkpoint(model, config, out, out, report)
+    if args.tar:
+        with tarfile.open(f"{out}.tar.gz", "w:gz") as tf:
+            tf.add(out, arcname=out.name)
+    print(f"wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
