@@ -66,6 +66,7 @@ class _GenerationRequest(DiffusionFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="generate all max_tokens, past EOS / end-of-turn (benchmarks; vLLM's field)")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
 

@@ -208,6 +208,7 @@ class GenerationService:
         seed: int | None,
         stop: list[str],
         loop: asyncio.AbstractEventLoop,
+        ignore_eos: bool = False,
     ) -> tuple[Choice, list[GenerationHandle]]:
         choice = self.choose(engine, algorithm)
         params_cls = choice.algorithm.load_params()
@@ -237,7 +238,8 @@ class GenerationService:
         handles = []
         for i in range(n):
             seq = Sequence(prompt_ids, max_tokens, params, seed=None if seed is None else seed + i)
-            tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, self.model.info.stop_ids, stop)
+            stop_ids = () if ignore_eos else self.model.info.stop_ids
+            tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
             handles.append(GenerationHandle(seq, key, tracker, loop, deadline=deadline))
         self.scheduler.submit(handles)
         return choice, handles

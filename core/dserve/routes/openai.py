@@ -93,6 +93,7 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
                 seed=body.seed,
                 stop=body.stop,
                 loop=loop,
+                ignore_eos=body.ignore_eos,
             )
             handles.extend(hs)
     except APIError:
