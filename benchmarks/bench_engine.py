@@ -1,0 +1,220 @@
+"""Engine benchmark: every registered algorithm on a published model shape with random weights.
+
+    python benchmarks/bench_engine.py --batch 1 8 32 --tokens-per-step 1 4 --json out.json \
+        [--published-dir DIR]
+
+Builds LLaDA-8B (32 layers, d_model 4096) with random bf16 weights on the GPU and times each
+algorithm at each batch size with a fixed schedule of k tokens per step (steps = gen / k),
+prompt 128, generation 256, block 32, every canvas decoded to the end (no early exit).
+Reports tokens/s (batch x gen / wall time), ms per step and peak memory, as a table and JSON.
+Each cell runs once to warm up (allocations, kernels, graphs), then once timed.
+
+`--published-dir DIR` holds published code brought to the machine, never committed:
+`DIR/llada/generate.py` (ML-GSAI/LLaDA) and `DIR/fastdllm/{generate.py,model/}` (NVlabs/Fast-dLLM
+llada). Their loops run in the same process on the published model class holding the same
+weights, as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SHAPES = {
+    "llada-8b": dict(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288, vocab_size=126464,
+                     embedding_size=126464, max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336,
+                     eos_token_id=126081),
+    "llada-small": dict(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=16, mlp_hidden_size=2816, vocab_size=32000,
+                        embedding_size=32000, max_sequence_length=4096, rope_theta=500000.0, mask_token_id=31999,
+                        eos_token_id=31998),
+}
+
+
+@dataclass
+class Cell:
+    algorithm: str
+    batch: int
+    tokens_per_step: int
+    tokens_per_s: float | None = None
+    ms_per_step: float | None = None
+    steps: int | None = None
+    peak_memory_gib: float | None = None
+    note: str = ""
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(cell: Cell, run: Callable[[], int], gen: int) -> Cell:
+    """Warm up once, then time one run; `run` returns the number of steps it took."""
+    try:
+        run()
+        _sync()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        steps = run()
+        _sync()
+        seconds = time.perf_counter() - t0
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        cell.note = "out of memory"
+        return cell
+    except Exception as exc:  # noqa: BLE001 - a failing baseline is a result to report
+        cell.note = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+        return cell
+    cell.tokens_per_s = cell.batch * gen / seconds
+    cell.steps = steps
+    cell.ms_per_step = 1000 * seconds / max(steps, 1)
+    if torch.cuda.is_available():
+        cell.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+    return cell
+
+
+def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
+    from dserve.params import resolve_params
+    from dserve.sequence import Sequence
+
+    params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
+    runner_cls = alg.load_runner()
+
+    def run() -> int:
+        runner = runner_cls(model, max_batch_size=len(prompts))
+        for p in prompts:
+            runner.admit(Sequence(p, gen, params))
+        steps = 0
+        while runner.sequences:
+            steps += 1
+            for r in runner.step():
+                if r.finished:
+                    runner.release(r.seq)
+        return steps
+
+    return run
+
+
+class PublishedLoops:
+    """The published LLaDA and Fast-dLLM loops on the published model class (same weights)."""
+
+    def __init__(self, root: Path, our_model, shape: dict):
+        sys.path.insert(0, str(root))
+        self.llada = importlib.import_module("llada.generate")
+        self.fastdllm = importlib.import_module("fastdllm.generate")
+        modeling = importlib.import_module("fastdllm.model.modeling_llada")
+        config_mod = importlib.import_module("fastdllm.model.configuration_llada")
+        cfg = dict(shape, architectures=["LLaDAModelLM"], activation_type="silu", block_type="llama", rope=True,
+                   rope_full_precision=True, layer_norm_type="rms", rms_norm_eps=1e-5, weight_tying=False,
+                   include_bias=False, include_qkv_bias=False, attention_dropout=0.0, residual_dropout=0.0,
+                   embedding_dropout=0.0, init_device="meta", pad_token_id=shape["eos_token_id"])
+        with torch.device("meta"):
+            model = modeling.LLaDAModelLM(config_mod.LLaDAConfig(**cfg))
+        model.config.use_cache = False
+        # the same tensors as ours: no second copy of the weights
+        model.load_state_dict(our_model.state_dict(), strict=False, assign=True)
+        self.model = model.eval().to(our_model.device)
+        self.mask_id = shape["mask_token_id"]
+        self.forwards = 0
+        original = self.model.forward
+
+        def counted(*a, **kw):
+            self.forwards += 1
+            return original(*a, **kw)
+
+        self.model.forward = counted
+
+    def loop(self, name: str, prompts, gen, block, k) -> Callable[[], int]:
+        x = torch.tensor(prompts, device=self.model.device)
+        fn = {"llada/generate": self.llada.generate, "fastdllm/generate": self.fastdllm.generate,
+              "fastdllm/prefix_cache": self.fastdllm.generate_with_prefix_cache,
+              "fastdllm/dual_cache": self.fastdllm.generate_with_dual_cache}[name]
+
+        def run() -> int:
+            self.forwards = 0
+            with torch.inference_mode():
+                fn(self.model, x, steps=gen // k, gen_length=gen, block_length=block, temperature=0.0,
+                   remasking="low_confidence", mask_id=self.mask_id)
+            return self.forwards
+
+        return run
+
+
+PUBLISHED = ["llada/generate", "fastdllm/generate", "fastdllm/prefix_cache", "fastdllm/dual_cache"]
+
+
+def format_table(cells: list[Cell]) -> str:
+    rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "steps", "peak GiB", "note")]
+    for c in cells:
+        f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
+        rows.append((c.algorithm, str(c.batch), str(c.tokens_per_step), f(c.tokens_per_s, ".1f"), f(c.ms_per_step, ".2f"),
+                     f(c.steps, "d"), f(c.peak_memory_gib, ".1f"), c.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--gen", type=int, default=256)
+    p.add_argument("--block", type=int, default=32)
+    p.add_argument("--algorithms", nargs="*", help="engine/algorithm names to time (default: all registered)")
+    p.add_argument("--published-dir", type=Path, help="published code to time as the baseline (never committed)")
+    p.add_argument("--published", nargs="*", default=PUBLISHED, help="which published loops to time")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    from dserve.plugins import get_registry
+    from dserve_llada.config import LLaDAConfig
+    from dserve_llada.model import random_llada
+
+    shape = SHAPES[args.shape]
+    model = random_llada(LLaDAConfig.from_dict(shape), dtype=torch.bfloat16, device=args.device)
+    registry = get_registry()
+    caps = model.info.capabilities
+    algorithms = [
+        (e, a) for e in registry.engines.values() for a in e.algorithms
+        if a.requires <= caps and (not args.algorithms or f"{e.name}/{a.name}" in args.algorithms)
+    ]
+    published = PublishedLoops(args.published_dir, model, shape) if args.published_dir else None
+
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"# {args.shape} bf16 random weights on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
+          flush=True)
+    cells = []
+    for batch in args.batch:
+        prompts = torch.randint(0, 100000 if args.shape == "llada-8b" else 30000, (batch, args.prompt),
+                                generator=torch.Generator().manual_seed(batch)).tolist()
+        for k in args.tokens_per_step:
+            for engine, alg in algorithms:
+                cell = measure(Cell(f"{engine.name}/{alg.name}", batch, k), ours(model, engine, alg, prompts, args.gen, args.block, k), args.gen)
+                cells.append(cell)
+                print(format_table([cell]).splitlines()[1], flush=True)
+            if published is not None:
+                for name in args.published:
+                    cell = measure(Cell(f"published {name}", batch, k), published.loop(name, prompts, args.gen, args.block, k), args.gen)
+                    cells.append(cell)
+                    print(format_table([cell]).splitlines()[1], flush=True)
+    print()
+    print(format_table(cells))
+    if args.json:
+        args.json.write_text(json.dumps({"shape": args.shape, "device": device_name, "torch": torch.__version__,
+                                         "prompt": args.prompt, "gen": args.gen, "block": args.block,
+                                         "cells": [asdict(c) for c in cells]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
