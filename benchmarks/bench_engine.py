@@ -85,8 +85,11 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
 
+    from dserve.service import model_for_runner
+
     params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
     runner_cls = alg.load_runner()
+    model = model_for_runner(model, runner_cls, enforce_eager=EAGER)
 
     def run() -> int:
         runner = runner_cls(model, max_batch_size=len(prompts))
@@ -148,6 +151,7 @@ class PublishedLoops:
         return run
 
 
+EAGER = False
 PUBLISHED = ["llada/generate", "fastdllm/generate", "fastdllm/prefix_cache", "fastdllm/dual_cache"]
 
 
@@ -174,7 +178,10 @@ def main(argv=None) -> int:
     p.add_argument("--published", nargs="*", default=PUBLISHED, help="which published loops to time")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     args = p.parse_args(argv)
+    global EAGER
+    EAGER = args.enforce_eager
 
     from dserve.plugins import get_registry
     from dserve_llada.config import LLaDAConfig

@@ -28,6 +28,10 @@ class StepResult:
 class AlgorithmRunner(ABC):
     """Runs one algorithm of one engine for a changing batch of sequences."""
 
+    # True: the runner calls the model with repeating shapes and consumes the logits before its
+    # next call, so on a GPU it gets a dserve.modeling.cuda_graphs.GraphedModel.
+    graphable = False
+
     def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
         self.model = model
         self.max_batch_size = max_batch_size

@@ -93,7 +93,7 @@ class GenerationService:
     def _make_runner(self, key: RunnerKey):
         choice = self._choice(key[0], key[1])
         runner_cls = choice.algorithm.load_runner()
-        return runner_cls(self.model, max_batch_size=self.settings.max_batch_size)
+        return runner_cls(model_for_runner(self.model, runner_cls, self.settings.enforce_eager), max_batch_size=self.settings.max_batch_size)
 
     def shutdown(self) -> None:
         if self.scheduler is not None:
@@ -243,6 +243,20 @@ class GenerationService:
             handles.append(GenerationHandle(seq, key, tracker, loop, deadline=deadline))
         self.scheduler.submit(handles)
         return choice, handles
+
+
+_graphed: dict[int, Any] = {}
+
+
+def model_for_runner(model, runner_cls, enforce_eager: bool = False):
+    """The model itself, or (GPU, graphable runner) one CUDA-graph wrapper shared by runners."""
+    if enforce_eager or not runner_cls.graphable or model.device.type != "cuda":
+        return model
+    if id(model) not in _graphed:
+        from dserve.modeling.cuda_graphs import GraphedModel
+
+        _graphed[id(model)] = GraphedModel(model)
+    return _graphed[id(model)]
 
 
 def resolve_device(device: str):

@@ -44,14 +44,17 @@ class DiffusionModel(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, T, V] for `input_ids` [B, T].
+        """Logits [B, T, V] for `input_ids` [B, T] ([B, n, V] with `logits_index`).
 
         positions: [B, T] absolute positions (default 0..T-1 per row).
         attention_mask: boolean, True = attend; [B, Lk] over keys or [B, T, Lk] per query,
             where Lk = T without a cache and the cache capacity with one.
         kv_cache: if given, the inputs' K/V are written at their positions and queries attend
             over every cache slot (mask out the slots that hold nothing valid).
+        logits_index: [B, n] indices into T: compute logits only there (an engine that decodes
+            one block needs no logits for the rest of the canvas; the LM head is costly).
         """
         raise NotImplementedError
 

@@ -71,7 +71,7 @@ class LLaDAModel(DiffusionModel):
             capabilities=frozenset({BIDIRECTIONAL, KV_CACHE}),
         )
 
-    def forward(self, input_ids, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None):
+    def forward(self, input_ids, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None, logits_index=None):
         t = self.model.transformer
         B, T = input_ids.shape
         if positions is None:
@@ -80,6 +80,8 @@ class LLaDAModel(DiffusionModel):
         x = t.wte(input_ids)
         for i, block in enumerate(t.blocks):
             x = block(x, self.rotary, cos, sin, positions, attention_mask, kv_cache[i] if kv_cache else None)
+        if logits_index is not None:
+            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
         x = t.ln_f(x)
         head = t.wte.weight if self.cfg.weight_tying else t.ff_out.weight
         return nn.functional.linear(x, head)

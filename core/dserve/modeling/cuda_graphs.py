@@ -1,0 +1,104 @@
+"""CUDA graphs for model forwards: capture once per input signature, then replay.
+
+A denoising step calls the model with the same shapes again and again (a batch of blocks over a
+cache, or a batch of full canvases), so the ~15 kernel launches per layer can be replayed as
+one graph instead of being issued from Python each step. `GraphedModel` wraps a model and is a
+drop-in replacement for engines: same call, same attributes.
+
+The returned logits live in the graph's static output buffer: they are valid until the next
+call with the same signature (engines consume them within the step).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dserve.modeling.kv_cache import KVCache
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    rows: torch.Tensor | None
+    output: torch.Tensor
+
+
+def _signature(t: torch.Tensor | None):
+    return None if t is None else (tuple(t.shape), t.dtype)
+
+
+class GraphedModel:
+    def __init__(self, model: Any, max_graphs: int = 64):
+        self.model = model
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle()
+
+    def __getattr__(self, name: str) -> Any:  # info, tokenizer, device, new_kv_cache, ...
+        return getattr(self.model, name)
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        logits_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        rows = kv_cache.layers[0].rows if kv_cache is not None else None
+        args = {"input_ids": input_ids, "positions": positions, "attention_mask": attention_mask, "logits_index": logits_index}
+        key = (
+            tuple((name, _signature(t)) for name, t in args.items()),
+            id(kv_cache),
+            _signature(rows),
+        )
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, args, kv_cache, rows)
+        else:
+            self._graphs.move_to_end(key)
+        for name, t in args.items():
+            if t is not None:
+                entry.inputs[name].copy_(t)
+        if rows is not None:
+            entry.rows.copy_(rows)
+        entry.graph.replay()
+        return entry.output
+
+    def _capture(self, key, args, kv_cache: KVCache | None, rows: torch.Tensor | None) -> _Graph:
+        static = {name: t.clone() for name, t in args.items() if t is not None}
+        static_rows = rows.clone() if rows is not None else None
+
+        def call():
+            if kv_cache is not None:
+                kv_cache.use_rows(static_rows)
+            return self.model(
+                static["input_ids"],
+                static.get("positions"),
+                attention_mask=static.get("attention_mask"),
+                kv_cache=kv_cache,
+                logits_index=static.get("logits_index"),
+            )
+
+        # warm up on a side stream (lazy initialisation must not happen during capture)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+            output = call()
+        if kv_cache is not None:
+            kv_cache.use_rows(rows)
+        entry = _Graph(graph, static, static_rows, output)
+        self._graphs[key] = entry
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return entry
