@@ -1,0 +1,49 @@
+"""One KV cache per runner, one row per running sequence, grown on demand.
+
+Rows are handed out lowest-free-first when a sequence is admitted and given back when it is
+released. The tensors are allocated at the first cached forward and grow (rows geometrically up
+to the runner's batch size, positions in steps of `ROUND`) while keeping their contents, since
+rows in the middle of a block still need the K/V written at their block start. When the last
+sequence leaves, the tensors are dropped so an idle runner holds no device memory.
+"""
+
+from __future__ import annotations
+
+from dserve.modeling import DiffusionModel, KVCache
+
+ROUND = 64  # capacity granularity (positions)
+
+
+class CachePool:
+    def __init__(self, model: DiffusionModel, max_rows: int):
+        self.model = model
+        self.max_rows = max_rows
+        self.cache: KVCache | None = None
+        self.used: set[int] = set()
+
+    def take(self) -> int:
+        row = next(i for i in range(len(self.used) + 1) if i not in self.used)
+        self.used.add(row)
+        return row
+
+    def give(self, row: int) -> None:
+        self.used.discard(row)
+        if not self.used:
+            self.cache = None
+
+    def reserve(self, capacity: int) -> KVCache:
+        """The cache, grown if needed to hold every used row and `capacity` positions."""
+        rows = max(self.used) + 1
+        old = self.cache
+        if old is not None and old.num_rows >= rows and old.capacity >= capacity:
+            return old
+        old_rows, old_cap = (old.num_rows, old.capacity) if old is not None else (0, 0)
+        new_rows = max(rows, old_rows, min(2 * old_rows, self.max_rows))
+        new_cap = -(-max(capacity, old_cap) // ROUND) * ROUND
+        new = self.model.new_kv_cache(new_rows, new_cap)
+        if old is not None:
+            for src, dst in zip(old.layers, new.layers):
+                dst.k[:old_rows, :, :old_cap] = src.k
+                dst.v[:old_rows, :, :old_cap] = src.v
+        self.cache = new
+        return new
