@@ -11,6 +11,7 @@ call with the same signature (engines consume them within the step).
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ class _Graph:
     inputs: dict[str, torch.Tensor]
     rows: torch.Tensor | None
     output: torch.Tensor
+    cache: weakref.ref | None  # the KV cache the graph writes into
+
+    def stale(self) -> bool:
+        return self.cache is not None and self.cache() is None
 
 
 def _signature(t: torch.Tensor | None):
@@ -52,15 +57,22 @@ class GraphedModel:
         logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         rows = kv_cache.layers[0].rows if kv_cache is not None else None
+        static_slice = rows if isinstance(rows, slice) else None
+        if static_slice is not None:
+            rows = None
         args = {"input_ids": input_ids, "positions": positions, "attention_mask": attention_mask, "logits_index": logits_index}
         key = (
             tuple((name, _signature(t)) for name, t in args.items()),
             id(kv_cache),
             _signature(rows),
+            None if static_slice is None else (static_slice.start, static_slice.stop),
         )
+        # a graph of a cache that is gone must never run again (its id may be reused)
+        for stale in [k for k, g in self._graphs.items() if g.stale()]:
+            del self._graphs[stale]
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(key, args, kv_cache, rows)
+            entry = self._capture(key, args, kv_cache, rows if static_slice is None else static_slice)
         else:
             self._graphs.move_to_end(key)
         for name, t in args.items():
@@ -73,7 +85,7 @@ class GraphedModel:
 
     def _capture(self, key, args, kv_cache: KVCache | None, rows: torch.Tensor | None) -> _Graph:
         static = {name: t.clone() for name, t in args.items() if t is not None}
-        static_rows = rows.clone() if rows is not None else None
+        static_rows = rows.clone() if isinstance(rows, torch.Tensor) else rows
 
         def call():
             if kv_cache is not None:
@@ -97,7 +109,13 @@ class GraphedModel:
             output = call()
         if kv_cache is not None:
             kv_cache.use_rows(rows)
-        entry = _Graph(graph, static, static_rows, output)
+        entry = _Graph(
+            graph,
+            static,
+            static_rows if isinstance(static_rows, torch.Tensor) else None,
+            output,
+            weakref.ref(kv_cache) if kv_cache is not None else None,
+        )
         self._graphs[key] = entry
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

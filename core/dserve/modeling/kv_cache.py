@@ -17,19 +17,25 @@ class LayerCache:
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k = k
         self.v = v
-        self.rows: torch.Tensor | None = None  # which cache rows this forward's batch uses
+        # which cache rows this forward's batch uses: None = rows 0..B-1, a slice = a contiguous
+        # range (a view: no copy), a tensor = any rows (gathered: a copy of those rows)
+        self.rows: torch.Tensor | slice | None = None
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Write k/v [B, H, T, D] at `positions` [B, T]; return the batch's full K/V."""
         rows = self.rows
         if rows is None:
-            rows = torch.arange(k.shape[0], device=k.device)
+            rows = slice(0, k.shape[0])
+        if isinstance(rows, slice):
+            ck, cv = self.k[rows], self.v[rows]
+            r = torch.arange(k.shape[0], device=k.device)[:, None].expand_as(positions)
+            # index [r, :, p] puts the indexed dims first: values must be [B, T, H, D]
+            ck[r, :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[r, :, positions] = v.transpose(1, 2).to(cv.dtype)
+            return ck, cv
         r = rows[:, None].expand_as(positions)
-        # index [r, :, p] puts the indexed dims first: values must be [B, T, H, D]
         self.k[r, :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[r, :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        if self.rows is None and k.shape[0] == self.k.shape[0]:
-            return self.k, self.v
         return self.k[rows], self.v[rows]
 
 
@@ -54,8 +60,9 @@ class KVCache:
         self.capacity = capacity
         self.num_rows = rows
 
-    def use_rows(self, rows: torch.Tensor | None) -> "KVCache":
-        """Make the next forward's batch row i use cache row rows[i] (None: row i)."""
+    def use_rows(self, rows: torch.Tensor | slice | None) -> "KVCache":
+        """Make the next forward's batch row i use cache row rows[i] (None: row i; a slice
+        of consecutive rows avoids copying them)."""
         for layer in self.layers:
             layer.rows = rows
         return self

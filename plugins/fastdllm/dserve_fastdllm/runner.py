@@ -60,6 +60,8 @@ class _State:
 class BasicRunner(AlgorithmRunner):
     """`basic`: every step forwards every full canvas (no cache)."""
 
+    graphable = True
+
     def init_state(self, seq: Sequence) -> _State:
         p: FastDLLMParams = seq.params
         device = self.model.device
@@ -111,21 +113,25 @@ class BasicRunner(AlgorithmRunner):
         positions = positions.to(device)
         lengths = lengths.to(device)
 
+        # logits only at each row's current block (the LM head over the whole input is costly)
+        blocks = [seq.engine_state.block_range for seq in seqs]
+        n = max(e - s for s, e in blocks)
+        index = torch.tensor(
+            [[min(s - a + j, e - a - 1) for j in range(n)] for (s, e), (a, _) in zip(blocks, spans)], device=device
+        )
         if cache is None:
             ragged = any(w != T for w in widths)
             key_mask = positions < lengths[:, None] if ragged else None
-            logits = self.model(ids, positions, attention_mask=key_mask)
+            logits = self.model(ids, positions, attention_mask=key_mask, logits_index=index)
         else:
-            rows = torch.tensor([s.engine_state.cache_row for s in seqs], device=device)
+            rows = [s.engine_state.cache_row for s in seqs]
+            consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
+            use = slice(rows[0], rows[0] + len(rows)) if consecutive else torch.tensor(rows, device=device)
             key_mask = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
-            logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(rows))
+            logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(use), logits_index=index)
             cache.use_rows(None)
 
-        out = {}
-        for r, (seq, (a, _)) in enumerate(zip(seqs, spans)):
-            s, e = seq.engine_state.block_range
-            out[seq.seq_id] = logits[r, s - a : e - a]
-        return out
+        return {seq.seq_id: logits[r, : e - s] for r, (seq, (s, e)) in enumerate(zip(seqs, blocks))}
 
     # ---- commits -----------------------------------------------------------------------------
 
@@ -200,8 +206,9 @@ class _CachedRunner(BasicRunner):
         raise NotImplementedError
 
     def _block_logits(self, seqs: list[Sequence]) -> dict[int, torch.Tensor]:
-        fresh = [s for s in seqs if s.engine_state.step_in_block == 0]
-        warm = [s for s in seqs if s.engine_state.step_in_block > 0]
+        by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
+        fresh = [s for s in by_row if s.engine_state.step_in_block == 0]
+        warm = [s for s in by_row if s.engine_state.step_in_block > 0]
         out: dict[int, torch.Tensor] = {}
         for group, spans in (
             (fresh, [(0, len(s.engine_state.canvas)) for s in fresh]),
