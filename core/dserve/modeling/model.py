@@ -45,6 +45,7 @@ class DiffusionModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         logits_index: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] for `input_ids` [B, T] ([B, n, V] with `logits_index`).
 
@@ -55,6 +56,8 @@ class DiffusionModel(nn.Module):
             over every cache slot (mask out the slots that hold nothing valid).
         logits_index: [B, n] indices into T: compute logits only there (an engine that decodes
             one block needs no logits for the rest of the canvas; the LM head is costly).
+        inputs_embeds: [B, T, d] used instead of the token lookup (capability `inputs_embeds`;
+            the model then also has `get_input_embeddings()`).
         """
         raise NotImplementedError
 

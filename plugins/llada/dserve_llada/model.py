@@ -15,7 +15,7 @@ from dserve.modeling import DiffusionModel, KVCache, ModelInfo
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
 from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
 from dserve.modeling.tokenizer import load_tokenizer
-from dserve.registry import BIDIRECTIONAL, KV_CACHE
+from dserve.registry import BIDIRECTIONAL, INPUTS_EMBEDS, KV_CACHE
 from dserve_llada.config import LLaDAConfig
 
 
@@ -68,16 +68,22 @@ class LLaDAModel(DiffusionModel):
             stop_ids=stop_ids,
             vocab_size=cfg.embedding_size,
             max_length=cfg.max_sequence_length,
-            capabilities=frozenset({BIDIRECTIONAL, KV_CACHE}),
+            capabilities=frozenset({BIDIRECTIONAL, KV_CACHE, INPUTS_EMBEDS}),
         )
 
-    def forward(self, input_ids, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None, logits_index=None):
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def forward(
+        self, input_ids=None, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None,
+        logits_index=None, inputs_embeds=None,
+    ):
         t = self.model.transformer
-        B, T = input_ids.shape
+        x = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # soft tokens (dinfer_soft)
+        B, T = x.shape[:2]
         if positions is None:
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+            positions = torch.arange(T, device=x.device).expand(B, T)
         cos, sin = self.rotary.cos_sin(positions)
-        x = t.wte(input_ids)
         for i, block in enumerate(t.blocks):
             x = block(x, self.rotary, cos, sin, positions, attention_mask, kv_cache[i] if kv_cache else None)
         if logits_index is not None:
@@ -92,17 +98,23 @@ def load_llada(
     *,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device = "cpu",
+    load_format: str = "auto",
 ) -> LLaDAModel:
-    """Load a LLaDA checkpoint directory (config.json, safetensors, tokenizer) by parameter name."""
+    """Load a LLaDA checkpoint directory (config.json, safetensors, tokenizer) by parameter name.
+
+    load_format "dummy": random weights in the config's shape (only config.json is read)."""
     path = resolve_checkpoint_dir(path)
     raw = read_config(path)
     cfg = LLaDAConfig.from_dict(raw)
     dtype = resolve_dtype(dtype, raw, device)
-    with torch.device("meta"):
-        model = LLaDAModel(cfg)
-    model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
-    load_weights(model, path, dtype=dtype, device=device)
-    model.eval().requires_grad_(False)
+    if load_format == "dummy":
+        model = random_llada(cfg, dtype=dtype, device=device)
+    else:
+        with torch.device("meta"):
+            model = LLaDAModel(cfg)
+        model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
+        load_weights(model, path, dtype=dtype, device=device)
+        model.eval().requires_grad_(False)
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         model.tokenizer = load_tokenizer(path)
     return model
