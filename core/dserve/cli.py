@@ -13,7 +13,7 @@ from typing import Sequence
 
 from dserve import __version__
 
-SUBCOMMANDS = {"serve", "plugins", "bench"}
+SUBCOMMANDS = {"serve", "plugins", "bench", "eval"}
 
 
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto: checkpoint dtype on GPU, float32 on CPU)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--trust-remote-code", action="store_true", default=None, help="accepted and ignored: dserve's models are native")
+    g.add_argument("--enforce-eager", action="store_true", default=None, help="disable CUDA graphs (GPU only)")
+    g.add_argument("--load-format", choices=["auto", "dummy"], help="dummy: random weights in the shape of --model's config.json (benchmarks)")
 
     g = p.add_argument_group("decoding defaults (a request's own fields win)")
     g.add_argument("--engine", help="default engine (default: the model family's)")
@@ -60,6 +62,16 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-metrics", dest="metrics", action="store_false", default=None, help="disable /metrics")
     g.add_argument("--metrics-require-key", action="store_true", default=None, help="/metrics needs the API key")
 
+    g = p.add_argument_group("multi-GPU front and DCP checkpoints (docs/scale-out.md)")
+    g.add_argument("--gpus", type=int, help="one worker per GPU 0..N-1 behind a routing front")
+    g.add_argument("--gpu-ids", help="GPU ids for the workers, e.g. 0,2,4,6 (implies the front)")
+    g.add_argument("--worker-start-interval", type=float, help="seconds between worker launches (default 1)")
+    g.add_argument("--worker-base-port", type=int, help="worker i listens on 127.0.0.1:<this + i> (default: free ports)")
+    g.add_argument("--worker-log-dir", help="write worker i's output to DIR/worker-i.log (default: the front's output)")
+    g.add_argument("--dcp-path", help="NeMo-RL torch.distributed.checkpoint directory to serve (converted once, cached)")
+    g.add_argument("--base-model", help="the Hugging Face model the DCP checkpoint was trained from (config, tokenizer, names)")
+    g.add_argument("--dcp-cache-dir", help="where converted DCP checkpoints are kept (default ~/.cache/dserve/dcp)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dserve", description="Serve masked-diffusion language models with an OpenAI-compatible API.")
@@ -79,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = sub.add_parser("bench", help="HTTP load test against an OpenAI-compatible server")
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.main)
+
+    from dserve.evaluation import harness
+
+    eval_parser = sub.add_parser("eval", help="quality harness: held-out task accuracy per engine/algorithm through a server")
+    harness.add_arguments(eval_parser)
+    eval_parser.set_defaults(handler=harness.main)
+
+    from dserve import dcp
+    from dserve.front import status
+
+    status_parser = sub.add_parser("status", help="show a multi-GPU front's workers and load (/worker-status, /stats)")
+    status.add_arguments(status_parser)
+    status_parser.set_defaults(handler=status.main)
+
+    convert_parser = sub.add_parser("convert", help="convert a NeMo-RL DCP checkpoint to a Hugging Face directory")
+    dcp.add_arguments(convert_parser)
+    convert_parser.set_defaults(handler=dcp.main)
+
+    from dserve import ray_serve, slurm
+
+    slurm.register(sub)  # dserve slurm submit|connect
+    ray_serve.register(sub)  # dserve ray-serve
 
     from dserve.plugins import get_plugin_manager
 
@@ -103,6 +137,21 @@ def _serve(args: argparse.Namespace) -> int:
         import structlog
 
         structlog.get_logger("dserve").warning("--trust-remote-code is ignored: dserve runs no remote model code")
+    if settings.dcp_path or settings.base_model:
+        from dserve.dcp import ConversionError, prepare_settings
+
+        if not settings.dcp_path:
+            print("dserve: --base-model is only used with --dcp-path", file=sys.stderr)
+            return 2
+        try:
+            settings = prepare_settings(settings)  # converts once, before any worker starts
+        except (ConversionError, FileNotFoundError) as exc:
+            print(f"dserve: {exc}", file=sys.stderr)
+            return 2
+    if settings.gpus or settings.gpu_ids:
+        from dserve.front import run_front
+
+        return run_front(settings)
     from dserve.server import serve
 
     serve(settings)

@@ -65,7 +65,10 @@ class GenerationService:
                 raise ValueError(f"no installed plugin serves architectures {config.get('architectures')}; known: {known}")
             device = resolve_device(self.settings.device)
             loader = import_string(spec.loader)
-            model = loader(path, dtype=self.settings.dtype, device=device)
+            if self.settings.load_format == "dummy":
+                model = loader(path, dtype=self.settings.dtype, device=device, load_format="dummy")
+            else:
+                model = loader(path, dtype=self.settings.dtype, device=device)
             if self.settings.tokenizer:
                 from dserve.modeling.tokenizer import load_tokenizer
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+try:  # pydantic-settings >= 2.7: DSERVE_GPU_IDS=0,2,4,6 reaches the validator undecoded
+    from pydantic_settings import NoDecode
+except ImportError:  # older: the variable must be JSON, DSERVE_GPU_IDS='[0,2,4,6]'
+    NoDecode = None
 
 
 class Settings(BaseSettings):
@@ -18,6 +24,8 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
+    enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly")
+    load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights in the checkpoint's shape (benchmarks; vLLM's flag)")
 
     # decoding defaults (a request's own fields win)
     engine: str | None = Field(None, description="default engine (default: the model family's)")
@@ -53,6 +61,27 @@ class Settings(BaseSettings):
     cors_origins: list[str] | None = None
     metrics: bool = True
     metrics_require_key: bool = False
+
+    # scale-out (docs/scale-out.md): one worker process per GPU behind a routing front
+    gpus: int | None = Field(None, ge=1, description="start this many workers (GPUs 0..N-1) behind a front")
+    gpu_ids: (Annotated[list[int], NoDecode] if NoDecode else list[int]) | None = Field(None, description="GPU ids for the workers, e.g. 0,2,4,6")
+    worker_start_interval: float = Field(1.0, ge=0.0, description="seconds between worker launches")
+    worker_base_port: int | None = Field(None, ge=1, le=65535, description="worker i listens on this port + i (default: free ports)")
+    worker_log_dir: str | None = Field(None, description="write worker i's output to DIR/worker-i.log (default: the front's output)")
+    # NeMo-RL DCP checkpoints (docs/scale-out.md): converted once to a Hugging Face directory
+    dcp_path: str | None = Field(None, description="torch.distributed.checkpoint directory to serve (needs --base-model)")
+    base_model: str | None = Field(None, description="Hugging Face directory / repo id giving config.json and tokenizer for --dcp-path")
+    dcp_cache_dir: str | None = Field(None, description="where converted DCP checkpoints are kept (default ~/.cache/dserve/dcp)")
+
+    @field_validator("gpu_ids", mode="before")
+    @classmethod
+    def _split_gpu_ids(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [int(part) for part in text.split(",") if part.strip()]
+        return value
 
     def decoding_defaults(self) -> dict:
         return {

@@ -61,3 +61,11 @@ def test_mismatched_checkpoint_is_rejected(tmp_path, tiny_random_dir):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="missing"):
         load_llada(tmp_path)
+
+
+def test_dummy_load_format_builds_random_weights_from_the_config(tiny_random_dir):
+    model = load_llada(tiny_random_dir, dtype="float32", load_format="dummy")
+    real = load_llada(tiny_random_dir, dtype="float32")
+    assert set(model.state_dict()) == set(real.state_dict())
+    assert not torch.equal(model.model.transformer.wte.weight, real.model.transformer.wte.weight)
+    assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 256)

@@ -1,0 +1,36 @@
+"""The quality gate CI runs: a small held-out sample of the embedded model's task through the
+real server, scored by the `dserve eval` harness. The full recorded run is in docs/quality.md."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+from dserve.evaluation import generate_examples
+from dserve.evaluation.harness import evaluate
+
+SAMPLE = 60
+
+
+def test_reference_loop_keeps_quality(server, model_id):
+    examples = generate_examples(SAMPLE, seed=2026, split="heldout")
+    result = asyncio.run(evaluate(server.url, "llada/reference", {}, examples, concurrency=8, repeat_check=8, model=model_id))
+    assert result["errors"] == 0
+    assert result["accuracy"] >= 0.90, result["failures"]
+    assert result["trailing_garbage"] == 0.0
+    assert result["repeat_check"]["identical"] == result["repeat_check"]["n"]  # deterministic at T=0
+    assert result["nfe_per_token"] is not None and result["nfe_per_token"] <= 1.0 + 1e-9
+
+
+def test_dserve_eval_command_reports_table_and_json(server, tmp_path):
+    out = tmp_path / "eval.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "dserve", "eval", "--url", server.url, "--num-samples", "12", "--algorithm", "llada/reference",
+         "--algorithm", "fastdllm/dual_cache", "--param", "threshold=0.9", "--output", str(out), "--min-accuracy", "0.5"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    rows = results["results"] if isinstance(results, dict) else results
+    assert {r["algorithm"] for r in rows} == {"llada/reference", "fastdllm/dual_cache"}
+    assert "accuracy" in run.stdout.lower()

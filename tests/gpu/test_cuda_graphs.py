@@ -1,0 +1,53 @@
+"""GPU-only paths (run on the device machine: `pytest -m gpu tests/gpu`)."""
+
+import pytest
+import torch
+
+from dserve.modeling.cuda_graphs import GraphedModel
+from dserve.plugins import get_registry
+from dserve.sequence import Sequence
+from dserve_llada.config import LLaDAConfig
+from dserve_llada.model import random_llada
+from unit.drive import run_to_completion
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+SMALL = dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, mlp_hidden_size=1024, vocab_size=4096,
+             embedding_size=4096, max_sequence_length=1024, rope_theta=500000.0, mask_token_id=4095, eos_token_id=4094)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = random_llada(LLaDAConfig.from_dict(SMALL), dtype=torch.bfloat16, device="cuda", seed=0)
+    with torch.no_grad():  # spread the confidences so that several tokens commit per step
+        m.model.transformer.ff_out.weight.mul_(40)
+    return m
+
+
+def test_graph_replay_equals_eager_forward(model):
+    graphed = GraphedModel(model)
+    ids = torch.randint(0, 4000, (3, 40), device="cuda")
+    cache = model.new_kv_cache(3, 64)
+    for _ in range(3):  # capture, then replay with new inputs
+        ids = torch.randint(0, 4000, (3, 40), device="cuda")
+        idx = torch.randint(0, 40, (3, 8), device="cuda")
+        eager = model(ids, logits_index=idx)
+        torch.testing.assert_close(graphed(ids, logits_index=idx), eager)
+        pos = torch.arange(8, 16, device="cuda").expand(3, 8)
+        eager_c = model(ids[:, 8:16], pos, kv_cache=cache.use_rows(slice(0, 3))).clone()
+        torch.testing.assert_close(graphed(ids[:, 8:16], pos, kv_cache=cache.use_rows(slice(0, 3))), eager_c)
+
+
+@pytest.mark.parametrize("name", ["llada/reference", "fastdllm/basic", "fastdllm/prefix_cache", "fastdllm/dual_cache"])
+def test_algorithms_give_the_same_tokens_with_graphs(model, name):
+    engine, alg = name.split("/")
+    spec = get_registry().engine(engine).algorithm(alg)
+    params = spec.load_params()(steps=16, block_length=16, **({"threshold": 0.7} if engine == "fastdllm" else {}))
+    prompts = [[1, 2, 3, 4, 5], list(range(10, 40)), [7] * 17]
+
+    def run(m):
+        seqs = [Sequence(p, 48, params) for p in prompts]
+        out = run_to_completion(spec.load_runner()(m, max_batch_size=4), seqs)
+        return [out[s.seq_id] for s in seqs]
+
+    assert run(GraphedModel(model)) == run(model)
