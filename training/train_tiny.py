@@ -150,6 +150,21 @@ def prompt_ids(tok, prompts: list[str]) -> list[list[int]]:
     return tok(texts, add_special_tokens=False)["input_ids"]
 
 
+class FastPrompts:
+    """The same ids as `prompt_ids` without Jinja (byte-level: a prompt's ids are its UTF-8 bytes
+    between a fixed prefix and suffix); checked against the tokenizer on construction."""
+
+    def __init__(self, tok, check: list[str]):
+        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self.prefix = [ids[BOS], ids[SOH], *b"user", ids[EOH], *b"\n\n"]
+        self.suffix = [ids[EOT], ids[SOH], *b"assistant", ids[EOH], *b"\n\n"]
+        if self(check) != prompt_ids(tok, check):
+            raise AssertionError("fast prompt encoding disagrees with the chat template + tokenizer")
+
+    def __call__(self, prompts: list[str]) -> list[list[int]]:
+        return [self.prefix + list(p.strip().encode()) + self.suffix for p in prompts]
+
+
 # ---------------------------------------------------------------------------------------------
 # Architectures
 # ---------------------------------------------------------------------------------------------
@@ -263,11 +278,13 @@ class Batcher:
         self.rng = random.Random(f"batcher:{seed}")
         self.eos, self.eot = tok.convert_tokens_to_ids(EOS), tok.convert_tokens_to_ids(EOT)
         self.queue: list[list[tuple[list[int], list[int]]]] = []
+        self.tokens = 0  # non-pad tokens served so far
+        self.encode = FastPrompts(tok, [e.prompt for e in generate_examples(500, seed=seed + 99)])
 
     def _refill(self) -> None:
         exs = [next(self.examples) for _ in range(self.batch_size * self.pool)]
-        prompts = prompt_ids(self.tok, [e.prompt for e in exs])
-        answers = self.tok([e.answer for e in exs], add_special_tokens=False)["input_ids"]
+        prompts = self.encode([e.prompt for e in exs])
+        answers = [list(e.answer.encode()) for e in exs]
         rows = []
         for p, a in zip(prompts, answers):
             need = len(a) + 1
@@ -279,8 +296,8 @@ class Batcher:
         self.rng.shuffle(batches)
         self.queue.extend(batches)
 
-    def next(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids [B,T], response mask [B,T], valid (non-pad) mask [B,T], response lengths [B]."""
+    def next(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """ids [B,T], response mask [B,T], valid (non-pad) mask [B,T] or None, response lengths [B]."""
         if not self.queue:
             self._refill()
         rows = self.queue.pop()
@@ -294,7 +311,10 @@ class Batcher:
             resp[i, len(p) : len(p) + len(r)] = True
             valid[i, : len(p) + len(r)] = True
             lengths[i] = len(r)
-        return ids.to(device), resp.to(device), valid.to(device), lengths.to(device)
+        self.tokens += int(valid.sum())
+        nb = device.type == "cuda"
+        v = None if bool(valid.all()) else valid.to(device, non_blocking=nb)
+        return ids.to(device, non_blocking=nb), resp.to(device, non_blocking=nb), v, lengths.to(device, non_blocking=nb)
 
 
 def diffusion_loss(model, ids, resp, valid, lengths, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
@@ -305,12 +325,14 @@ def diffusion_loss(model, ids, resp, valid, lengths, mask_id: int, gen: torch.Ge
     t = eps + (1 - eps) * (1 - u)  # in (eps, 1]
     masked = (torch.rand((B, T), generator=gen, device=ids.device) < t[:, None]) & resp
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
-    attn = None if bool(valid.all()) else valid
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.device.type == "cuda"):
-        logits = model(noisy, attention_mask=attn)
-    rows = masked.nonzero(as_tuple=True)[0]
-    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
-    return (ce / t[rows] / lengths[rows]).sum() / B
+        logits = model(noisy, attention_mask=valid)
+    # every position's CE, weighted 1/(t * response length) where masked, 0 elsewhere
+    # (no boolean indexing: no host sync)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), reduction="none").view(B, T)
+    # where(), not a product: a non-finite CE at an unmasked (pad) position must not leak in
+    weight = torch.where(masked, 1.0 / (t * lengths)[:, None], 0.0)
+    return torch.where(masked, ce * weight, 0.0).sum() / B
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,31 +431,74 @@ def save_checkpoint(model, config: dict, tok_dir: Path, out: Path, report: dict 
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _tar(out: Path, tar: Path | None) -> None:
+    if tar is not None:
+        tmp = tar.with_name(tar.name + ".partial")
+        with tarfile.open(tmp, "w:gz") as tf:
+            tf.add(out, arcname=out.name)
+        tmp.replace(tar)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llada")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("llada-tiny-instruct"), help="checkpoint directory to write")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=6000, help="optimizer steps (sets the LR schedule)")
+    ap.add_argument("--stop-after", type=int, default=0, help="stop after this many steps without changing the schedule (0: --steps)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--n-layers", type=int, default=6)
     ap.add_argument("--n-heads", type=int, default=8)
     ap.add_argument("--mlp-hidden", type=int, default=384)
-    ap.add_argument("--max-response", type=int, default=128, help="longest response canvas (answer+EOT+EOS pad)")
+    ap.add_argument("--max-response", type=int, default=64, help="longest response canvas (answer+EOT+EOS pad)")
     ap.add_argument("--eval-samples", type=int, default=700, help="held-out examples for the final evaluation")
     ap.add_argument("--eval-every", type=int, default=0, help="quick held-out evaluation every N steps (0: off)")
+    ap.add_argument("--quick-eval-samples", type=int, default=140)
     ap.add_argument("--eval-batch-size", type=int, default=256)
     ap.add_argument("--eval-seed", type=int, default=1234)
     ap.add_argument("--max-minutes", type=float, default=0, help="stop training after this many minutes (0: no limit)")
-    ap.add_argument("--tar", action="store_true", help="also write OUT.tar.gz (for copying back from a remote run)")
+    ap.add_argument("--tar", type=Path, default=None, help="also write the checkpoint as this .tar.gz (remote runs)")
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out (no training)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights (same config)")
     return ap.parse_args(argv)
+
+
+def final_evaluation(arch: Arch, model, tok, args) -> dict:
+    """Held-out accuracy with the reference loop, a determinism rerun and a train-split sample."""
+    gen_length = EVAL_GEN_LENGTH
+    held = generate_examples(args.eval_samples, seed=args.eval_seed, split="heldout")
+    res = evaluate(arch, model, tok, held, gen_length, args.eval_batch_size, show=12)
+    print(f"held-out (reference loop, 1 token/step, T=0, gen {gen_length}, block 32): {_fmt(res)}", flush=True)
+    # determinism: the first 100 again, in a different batch size
+    sub = held[:100]
+    again = evaluate(arch, model, tok, sub, gen_length, 7)
+    same = sum(a == b for a, b in zip(res["canvases"], again["canvases"]))
+    print(f"determinism: {same}/{len(sub)} identical canvases on a rerun with batch size 7", flush=True)
+    train_res = evaluate(arch, model, tok, generate_examples(140, seed=args.eval_seed, split="train"), gen_length,
+                         args.eval_batch_size)
+    print(f"train split sample: {_fmt(train_res)}", flush=True)
+    report = {"heldout": {k: v for k, v in res.items() if k != "canvases"}}
+    report["heldout"]["eval_seed"] = args.eval_seed
+    report["determinism_identical"] = f"{same}/{len(sub)}"
+    report["train_sample_accuracy"] = train_res["accuracy"]
+    return report
+
+
+def eval_only(args) -> int:
+    """Evaluate an existing checkpoint directory (--out) as the server loads it."""
+    from dserve_llada.model import load_llada
+
+    model = load_llada(args.out, dtype=torch.float32, device=args.device)
+    report = final_evaluation(ARCHS[args.arch], model, model.tokenizer, args)
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -445,12 +510,19 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     arch = ARCHS[args.arch]
+    if args.eval_only:
+        return eval_only(args)
 
     out: Path = args.out
     write_tokenizer(out)
     tok = load_tokenizer(out)
     config = arch.config(args, tok)
     model = arch.build(config).to(device)
+    if args.init_from is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(args.init_from / "model.safetensors")), strict=True)
+        print(f"initialised from {args.init_from}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     mask_id = config["mask_token_id"]
     print(f"arch={args.arch} params={n_params:,} ({n_params * 4 / 1e6:.1f} MB fp32) device={device} "
@@ -468,42 +540,51 @@ def main(argv=None) -> int:
     batcher = Batcher(tok, args.seed, args.batch_size, args.max_response)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
-    quick = generate_examples(280, seed=args.eval_seed + 1, split="heldout")
+    quick = generate_examples(args.quick_eval_samples, seed=args.eval_seed + 1, split="heldout")
     gen_length = EVAL_GEN_LENGTH
     assert MAX_ANSWER_CHARS + 1 <= gen_length
 
     t_start = time.time()
-    tokens = 0
     running = None
     step = 0
+    skipped = 0
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         ids, resp, valid, lengths = batcher.next(device)
-        tokens += int(valid.sum())
         loss = diffusion_loss(model, ids, resp, valid, lengths, mask_id, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(norm):  # a non-finite step would poison the weights for good
+            skipped += 1
+            continue
         opt.step()
         if (step + 1) % args.log_every == 0 or step == 0:
             val = loss.item()
             running = val if running is None else 0.9 * running + 0.1 * val
             el = time.time() - t_start
             print(f"step {step + 1}/{args.steps} loss {val:.4f} (avg {running:.4f}) lr {lr_at(step, args):.2e} "
-                  f"{el:.0f}s {el / (step + 1) * 1000:.0f}ms/step {tokens / el:.0f} tok/s", flush=True)
+                  f"{el:.0f}s {el / (step + 1) * 1000:.0f}ms/step {batcher.tokens / el:.0f} tok/s", flush=True)
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
             res = evaluate(arch, model, tok, quick, gen_length, args.eval_batch_size)
             model.train()
             print(f"  eval@{step + 1}: {_fmt(res)}", flush=True)
+        if args.stop_after and step + 1 >= args.stop_after:
+            print(f"stopping at step {step + 1}: --stop-after", flush=True)
+            break
         if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
             print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached", flush=True)
             break
     train_seconds = time.time() - t_start
     steps_done = step + 1
-    print(f"trained {steps_done} steps, {steps_done * args.batch_size:,} examples, {tokens:,} tokens "
+    print(f"skipped {skipped} non-finite steps", flush=True)
+    print(f"trained {steps_done} steps, {steps_done * args.batch_size:,} examples, {batcher.tokens:,} tokens "
           f"in {train_seconds:.0f}s", flush=True)
+
+    save_checkpoint(model, config, out, out, None)  # before the evaluation, in case it is cut short
+    _tar(out, args.tar)
 
     # Final evaluation: float32 weights (as the server runs them on the CPU), reference loop,
     # one token per step, temperature 0.
@@ -518,25 +599,9 @@ def main(argv=None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
     if args.eval_samples:
-        held = generate_examples(args.eval_samples, seed=args.eval_seed, split="heldout")
-        res = evaluate(arch, model, tok, held, gen_length, args.eval_batch_size, show=12)
-        print(f"held-out (reference loop, 1 token/step, T=0, gen {gen_length}, block 32): {_fmt(res)}", flush=True)
-        # determinism: the first 100 again, alone in a different batch size
-        sub = held[:100]
-        again = evaluate(arch, model, tok, sub, gen_length, 7)
-        same = sum(a == b for a, b in zip(res["canvases"], again["canvases"]))
-        print(f"determinism: {same}/{len(sub)} identical canvases on a rerun with batch size 7", flush=True)
-        train_res = evaluate(arch, model, tok, generate_examples(280, seed=args.eval_seed, split="train"), gen_length,
-                             args.eval_batch_size)
-        print(f"train split sample: {_fmt(train_res)}", flush=True)
-        report["heldout"] = {k: v for k, v in res.items() if k != "canvases"}
-        report["heldout"]["eval_seed"] = args.eval_seed
-        report["determinism_identical"] = f"{same}/{len(sub)}"
-        report["train_sample_accuracy"] = train_res["accuracy"]
+        report.update(final_evaluation(arch, model, tok, args))
     save_checkpoint(model, config, out, out, report)
-    if args.tar:
-        with tarfile.open(f"{out}.tar.gz", "w:gz") as tf:
-            tf.add(out, arcname=out.name)
+    _tar(out, args.tar)
     print(f"wrote {out}", flush=True)
     return 0
 

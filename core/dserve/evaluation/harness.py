@@ -1,0 +1,319 @@
+"""`dserve eval`: decoding quality through a real server's OpenAI API.
+
+Sends the held-out split of the synthetic task family (:mod:`dserve.evaluation.tasks`) to
+``/v1/chat/completions`` at temperature 0, once per engine/algorithm, and reports per algorithm:
+exact-match accuracy (overall and per task kind), the share of answers with trailing garbage
+(the expected answer followed by more text), forward passes (NFE) per generated token, generated
+tokens per second, and optionally a determinism check (the first N requests sent again).
+
+NFE comes from the response's ``usage.nfe`` (forward passes spent on the request, a dserve
+extension); NFE per token = sum(nfe) / sum(completion_tokens).
+
+    dserve eval --url http://127.0.0.1:8000 --algorithm llada/reference --param steps=32 --min-accuracy 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dserve.evaluation.tasks import KINDS, Example, generate_examples, has_trailing_garbage, is_correct
+
+DEFAULT_SEED = 1234  # the held-out set the embedded model's card reports
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of a running dserve server")
+    parser.add_argument("--model", default=None, help="model id to request (default: the server's first model)")
+    parser.add_argument("--api-key", default=None, help="sent as a bearer token")
+    parser.add_argument("--num-samples", type=int, default=200, help="held-out examples per algorithm")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the held-out set")
+    parser.add_argument("--kinds", default=None, help=f"comma-separated task kinds (default: all of {','.join(KINDS)})")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--algorithm",
+        action="append",
+        default=[],
+        metavar="ENGINE/ALGORITHM",
+        help="evaluate this engine/algorithm (or just ALGORITHM); repeat for several; default: the server's default",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra request field (VALUE is JSON-decoded, else a string), e.g. steps=32; repeatable",
+    )
+    parser.add_argument("--repeat-check", type=int, default=0, metavar="N", help="resend the first N requests and compare")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds to wait for the server to list a model"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if any algorithm scores below this")
+
+
+def parse_algorithm(spec: str | None) -> dict[str, str]:
+    """"engine/algorithm" -> both request fields; "algorithm" -> generation_algorithm only."""
+    if not spec or spec == "default":
+        return {}
+    engine, sep, algorithm = spec.partition("/")
+    if not sep:
+        return {"generation_algorithm": spec}
+    if not engine or not algorithm:
+        raise ValueError(f"expected ENGINE/ALGORITHM or ALGORITHM, got {spec!r}")
+    return {"engine": engine, "generation_algorithm": algorithm}
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _base_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+async def _one(
+    client: httpx.AsyncClient, body: dict[str, Any], sem: asyncio.Semaphore
+) -> tuple[str | None, dict[str, Any], str | None, float]:
+    """(content, usage, error, seconds) of one chat completion."""
+    async with sem:
+        t0 = time.perf_counter()
+        try:
+            r = await client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - t0
+            if r.status_code != 200:
+                return None, {}, f"HTTP {r.status_code}: {r.text[:300]}", elapsed
+            data = r.json()
+            return data["choices"][0]["message"].get("content") or "", data.get("usage") or {}, None, elapsed
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            return None, {}, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+
+
+async def _run(
+    client: httpx.AsyncClient, base: dict[str, Any], examples: list[Example], concurrency: int
+) -> tuple[list[tuple[str | None, dict[str, Any], str | None, float]], float]:
+    sem = asyncio.Semaphore(max(1, concurrency))
+    t0 = time.perf_counter()
+    bodies = [{**base, "messages": [{"role": "user", "content": e.prompt}]} for e in examples]
+    results = await asyncio.gather(*(_one(client, b, sem) for b in bodies))
+    return list(results), time.perf_counter() - t0
+
+
+async def evaluate(
+    url: str,
+    algorithm: str | None,
+    params: dict[str, Any] | None,
+    examples: list[Example],
+    concurrency: int = 8,
+    *,
+    model: str | None = None,
+    max_tokens: int = 64,
+    repeat_check: int = 0,
+    api_key: str | None = None,
+    timeout: float = 600.0,
+    client: httpx.AsyncClient | None = None,
+) -> dict[str, Any]:
+    """Send `examples` through one engine/algorithm of the server at `url`; return the metrics.
+
+    `algorithm` is "engine/algorithm", "algorithm" or None (the server's default); `params` are
+    extra top-level request fields. Requests use temperature 0 unless `params` says otherwise.
+    """
+    base: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
+    if model:
+        base["model"] = model
+    base.update(parse_algorithm(algorithm))
+    base.update(params or {})
+    own = client is None
+    if own:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        client = httpx.AsyncClient(base_url=_base_url(url), timeout=timeout, headers=headers)
+    try:
+        results, wall = await _run(client, base, examples, concurrency)
+        repeat = None
+        if repeat_check > 0:
+            again, _ = await _run(client, base, examples[:repeat_check], concurrency)
+            pairs = [(a[0], b[0]) for a, b in zip(results, again) if a[2] is None and b[2] is None]
+            repeat = {"n": len(pairs), "identical": sum(a == b for a, b in pairs)}
+    finally:
+        if own:
+            await client.aclose()
+
+    n = len(examples)
+    correct = garbage = errors = 0
+    completion_tokens = 0
+    nfe_total = 0
+    nfe_seen = True
+    per_kind: dict[str, list[int]] = {}
+    failures: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    for ex, (text, usage, err, secs) in zip(examples, results):
+        counts = per_kind.setdefault(ex.kind, [0, 0])
+        counts[1] += 1
+        if err is not None:
+            errors += 1
+            if len(failures) < 10:
+                failures.append({"kind": ex.kind, "prompt": ex.prompt, "expected": ex.answer, "error": err})
+            continue
+        latencies.append(secs)
+        ok = is_correct(ex, text or "")
+        correct += ok
+        counts[0] += ok
+        garbage += has_trailing_garbage(ex, text or "")
+        completion_tokens += int(usage.get("completion_tokens") or 0)
+        if isinstance(usage.get("nfe"), int):
+            nfe_total += usage["nfe"]
+        else:
+            nfe_seen = False
+        if not ok and len(failures) < 10:
+            failures.append({"kind": ex.kind, "prompt": ex.prompt, "expected": ex.answer, "output": text})
+    answered = n - errors
+    return {
+        "algorithm": algorithm or "default",
+        "params": params or {},
+        "n": n,
+        "accuracy": correct / n if n else 0.0,
+        "per_kind": {k: v[0] / v[1] for k, v in sorted(per_kind.items(), key=lambda kv: KINDS.index(kv[0]) if kv[0] in KINDS else 99)},
+        "trailing_garbage": garbage / answered if answered else 0.0,
+        "errors": errors,
+        "completion_tokens": completion_tokens,
+        "nfe": nfe_total if nfe_seen and answered else None,
+        "nfe_per_token": nfe_total / completion_tokens if nfe_seen and completion_tokens else None,
+        "tokens_per_s": completion_tokens / wall if wall > 0 else None,
+        "mean_latency_s": sum(latencies) / len(latencies) if latencies else None,
+        "wall_s": wall,
+        "repeat_check": repeat,
+        "failures": failures,
+    }
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    head = ["algorithm", "acc", "garbage", "NFE/tok", "tok/s", "errors", "repeat"]
+    rows = []
+    for r in results:
+        rep = r.get("repeat_check")
+        rows.append(
+            [
+                r["algorithm"],
+                f"{r['accuracy']:.3f}",
+                f"{r['trailing_garbage']:.3f}",
+                "-" if r["nfe_per_token"] is None else f"{r['nfe_per_token']:.2f}",
+                "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}",
+                str(r["errors"]),
+                "-" if not rep else f"{rep['identical']}/{rep['n']}",
+            ]
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    kinds = sorted({k for r in results for k in r["per_kind"]}, key=lambda k: KINDS.index(k) if k in KINDS else 99)
+    if kinds:
+        out.append("")
+        out.append(line(["per kind"] + [""] * (len(head) - 1)).rstrip())
+        for r in results:
+            out.append(f"  {r['algorithm']}: " + " ".join(f"{k}={r['per_kind'].get(k, 0):.3f}" for k in kinds))
+    return "\n".join(out)
+
+
+async def wait_for_model(url: str, api_key: str | None = None, timeout: float = 300.0) -> str | None:
+    """Poll /v1/models until the server lists a model (it may still be loading); its id, or None."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=_base_url(url), timeout=30.0, headers=headers) as c:
+        while True:
+            try:
+                r = await c.get("/v1/models")
+                data = r.json().get("data") or []
+                if data:
+                    return data[0]["id"]
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, AttributeError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(1.0)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+    examples = generate_examples(args.num_samples, seed=args.seed, split="heldout", kinds=kinds)
+    params = parse_params(args.param)
+    algorithms = args.algorithm or [None]
+    for a in algorithms:
+        parse_algorithm(a)  # fail early on a malformed spec
+    model = await wait_for_model(args.url, args.api_key, args.ready_timeout)
+    if model is None:
+        print(f"dserve eval: no model listed at {args.url}/v1/models after {args.ready_timeout:.0f}s", file=sys.stderr)
+        return 2
+    model = args.model or model
+    results = []
+    for alg in algorithms:
+        print(f"evaluating {alg or 'default'} on {len(examples)} held-out examples ...", file=sys.stderr, flush=True)
+        results.append(
+            await evaluate(
+                args.url,
+                alg,
+                params,
+                examples,
+                args.concurrency,
+                model=model,
+                max_tokens=args.max_tokens,
+                repeat_check=args.repeat_check,
+                api_key=args.api_key,
+                timeout=args.timeout,
+            )
+        )
+    print(format_table(results))
+    report = {
+        "url": args.url,
+        "model": model,
+        "num_samples": len(examples),
+        "seed": args.seed,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "results": results,
+    }
+    summary = [{k: v for k, v in r.items() if k != "failures"} for r in results]
+    print(json.dumps({**report, "results": summary}, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    status = 0
+    if args.min_accuracy is not None:
+        low = [r["algorithm"] for r in results if r["accuracy"] < args.min_accuracy]
+        if low:
+            print(f"below --min-accuracy {args.min_accuracy}: {', '.join(low)}", file=sys.stderr)
+            status = 1
+    if any(r["errors"] == r["n"] and r["n"] for r in results):
+        status = 1
+    return status
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_main(args))
+    except ValueError as exc:
+        print(f"dserve eval: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # python -m dserve.evaluation.harness
+    _parser = argparse.ArgumentParser(prog="dserve eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
