@@ -104,7 +104,7 @@ class Scheduler:
         *,
         max_queue_size: int = 256,
         max_wait_time: float = 0.0,
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: Callable[[int, list[int]], None] | None = None,  # (batch size, tokens committed per sequence)
         on_finish: Callable[[GenerationHandle], None] | None = None,
     ):
         self._runner_factory = runner_factory
@@ -253,13 +253,13 @@ class Scheduler:
                 if handle is not None:
                     self._fail(handle, error)
             return
-        tokens = 0
+        committed = [len(result.committed) for result in results]
         for result in results:
-            tokens += len(result.committed)
             self._apply(result)
+        tokens = sum(committed)
         self.stats.record_step(batch, tokens)
         if self._on_step is not None:
-            self._on_step(batch, tokens)
+            self._on_step(batch, committed)
 
     @staticmethod
     def _step_error(exc: Exception) -> APIError:

@@ -17,8 +17,8 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dserve.errors import APIError, error_body
@@ -40,12 +40,14 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     metrics = Metrics() if settings.metrics else None
     if metrics is not None:
         metrics.set_gpu_memory_source(torch_gpu_memory_used)
+        # read at scrape time: set once per step they went stale when the last sequence was
+        # cancelled or a queued request timed out with no step after it
+        metrics.queue_size.set_function(lambda: service.scheduler.queue_depth if service.scheduler else 0)
+        metrics.active_requests.set_function(lambda: service.scheduler.num_running if service.scheduler else 0)
 
-        def on_step(batch_size: int, tokens: int) -> None:
-            metrics.batch_size.observe(batch_size)
-            if service.scheduler is not None:
-                metrics.queue_size.set(service.scheduler.queue_depth)
-                metrics.active_requests.set(service.scheduler.num_running)
+        def on_step(batch_size: int, committed: list[int]) -> None:
+            # batch_size, tokens_per_step (per sequence) and parallel_tokens_decoded
+            metrics.observe_step(committed)
 
         service.on_step = on_step
 
@@ -99,6 +101,7 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
             APIError: _api_error,
             HTTPException: _http_error,
             RequestBodyTooLarge: _too_large,
+            ClientDisconnect: _client_gone,
             Exception: _internal_error,
         },
         lifespan=lifespan,
@@ -133,6 +136,12 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 async def _too_large(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("the request body is too large", "invalid_request_error", None, "request_too_large"), status_code=413)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client went away before its answer (nginx's 499): nothing is sent, the access log
+    # and the metrics record 499 instead of a 500 and an error traceback.
+    return Response(status_code=499)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -174,6 +183,11 @@ def serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,  # our access-log middleware logs each request
         timeout_graceful_shutdown=5,
+        # Keep idle connections open longer than clients and load balancers do (httpx/openai
+        # expire theirs after 5 s, cloud LBs after ~60 s), so that the client always closes
+        # first: with uvicorn's 5 s default a client reusing a connection at the moment the
+        # server closes it gets a ReadError for a request the server never saw.
+        timeout_keep_alive=75,
     )
     server = DrainingServer(config, app.state.dserve, settings.shutdown_grace)
     asyncio.run(server.serve())

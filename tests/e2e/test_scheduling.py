@@ -102,7 +102,8 @@ def test_stream_disconnect_frees_the_slot(server, model_id):
     before = _committed(server.url)
     with httpx.stream("POST", server.url + "/v1/chat/completions", json={**_long_request(model_id), "stream": True}, timeout=60) as r:
         assert r.status_code == 200
-        next(r.iter_lines())
+        lines = r.iter_lines()  # keep the iterator: dropping it closes the connection early
+        next(lines)
         _wait_running(server.url, 1)
     _wait_running(server.url, 0)
     assert _committed(server.url) - before < 400  # released before the canvas was complete

@@ -7,7 +7,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from dserve.errors import BadRequest
 
@@ -19,21 +19,32 @@ MAX_JSON_DEPTH = 64
 async def parse_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BadRequest("the request body is not valid UTF-8", code="invalid_json") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers json.JSONDecodeError and also a number longer than Python's
+        # int digit limit (sys.get_int_max_str_digits), which json.loads raises as ValueError.
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_json")
     if _depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    try:  # "\ud800" escapes decode to lone surrogates that no tokenizer can encode
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)", code="invalid_json") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         raise BadRequest(f"invalid value for {param!r}: {err['msg']}", param=param) from None
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN / Infinity / -Infinity; RFC 8259 JSON has no such numbers.
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -55,7 +66,8 @@ async def until_disconnected(request: Request) -> None:
 
 
 async def run_unless_disconnected(request: Request, work) -> Any:
-    """Await `work`; if the client disconnects first, cancel it and raise CancelledError."""
+    """Await `work`; if the client disconnects first, cancel it and raise ClientDisconnect
+    (the server answers it with a 499 nobody reads, not a 500 with a traceback)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(until_disconnected(request))
     try:
@@ -63,7 +75,8 @@ async def run_unless_disconnected(request: Request, work) -> Any:
         if task in done:
             return task.result()
         task.cancel()
-        raise asyncio.CancelledError("client disconnected")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved" warning
+        raise ClientDisconnect()
     finally:
         watcher.cancel()
 

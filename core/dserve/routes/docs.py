@@ -31,6 +31,21 @@ _ERRORS = {
 
 _OBJECT = {"type": "object", "additionalProperties": True}
 
+# One server-sent event of a streamed completion, as OpenAPI 3.2 models SSE (fields of the event).
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "a JSON chunk (chat.completion.chunk / text_completion), an error object, or [DONE]",
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
 
 def _ref(model: type[BaseModel], defs: dict[str, Any]) -> dict:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -48,14 +63,14 @@ def build_openapi() -> dict[str, Any]:
 
     def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "413", "429", "503", "504"), sse=False):
         o: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}}
-        if sse:
-            o["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        if sse:  # OpenAPI 3.1: the schema of text/event-stream describes one event
+            o["responses"]["200"]["content"]["text/event-stream"] = {"schema": _SSE_EVENT}
         o["responses"].update(errors(*codes))
         if body is not None:
             o["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body, defs)}}}
         return o
 
-    probe = ("401",)
+    probe = ("401", "429")  # behind --api-key and --rate-limit-requests, unlike the health probes
     paths = {
         "/v1/models": {"get": op("List the served model", _OBJECT, codes=("401", "429"))},
         "/v1/chat/completions": {"post": op("Chat completion (stream with SSE)", _ref(ChatCompletionResponse, defs), ChatCompletionRequest, sse=True)},
@@ -74,6 +89,15 @@ def build_openapi() -> dict[str, Any]:
         "/generation/algorithms": {"get": op("Engines and algorithms, with parameters and availability", _OBJECT, codes=probe)},
         "/v1/engine/stats": {"get": op("Engine statistics", _OBJECT, codes=probe)},
         "/batch/stats": {"get": op("Batching statistics", _OBJECT, codes=probe)},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (docs/metrics.md); needs the key only with --metrics-require-key",
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **errors("401"),
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dserve.errors import APIError, NotFound
+from dserve.errors import APIError, BadRequest, NotFound
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
 from dserve.protocol import GenerateBatchRequest, GenerateRequest
 from dserve.routes._common import parse_body
@@ -78,25 +78,38 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
         **(body.model_extra or {}),
     }
     fields.pop("prompts", None)
+    if len(prompts) > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
+        raise BadRequest(
+            f"{len(prompts)} prompts; this server queues at most {service.scheduler.max_queue_size} (--max-queue-size)",
+            param="prompts",
+            code="too_many_generations",
+        )
     submitted = []
-    for prompt in prompts:
-        ids = (
-            chat_prompt_ids(tok, [{"role": "user", "content": prompt}])
-            if getattr(tok, "chat_template", None)
-            else completion_prompt_ids(tok, prompt)
-        )
-        _, (handle,) = service.submit(
-            ids,
-            fields=fields,
-            engine=body.engine,
-            algorithm=body.generation_algorithm,
-            max_tokens=body.max_tokens or body.gen_length,
-            n=1,
-            seed=body.seed,
-            stop=[],
-            loop=loop,
-        )
-        submitted.append(handle)
+    try:
+        for prompt in prompts:
+            ids = (
+                chat_prompt_ids(tok, [{"role": "user", "content": prompt}])
+                if getattr(tok, "chat_template", None)
+                else completion_prompt_ids(tok, prompt)
+            )
+            _, (handle,) = service.submit(
+                ids,
+                fields=fields,
+                engine=body.engine,
+                algorithm=body.generation_algorithm,
+                max_tokens=body.max_tokens or body.gen_length,
+                n=1,
+                seed=body.seed,
+                stop=[],
+                loop=loop,
+            )
+            submitted.append(handle)
+    except Exception:
+        # all or nothing: a batch refused part-way (queue full, a prompt too long) must not
+        # leave its earlier prompts decoding with no job id anyone could poll
+        for handle in submitted:
+            service.scheduler.cancel(handle)
+        raise
     ids = []
     for handle in submitted:
         job = store.new()
@@ -128,7 +141,8 @@ async def generate_batch(request: Request) -> Response:
 
 async def result(request: Request) -> Response:
     raw = request.path_params["request_id"]
-    job = _store(request).get(int(raw)) if raw.isdigit() else None
+    # ASCII only ("²".isdigit() is true) and short (int() refuses over 4300 digits): else 404
+    job = _store(request).get(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else None
     if job is None:
         raise NotFound(f"no request with id {raw!r} (unknown or expired)", param="request_id", code="request_not_found")
     body = {"request_id": job.job_id, "status": job.status, "text": job.text}

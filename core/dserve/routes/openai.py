@@ -79,6 +79,14 @@ async def completions(request: Request) -> Response:
 
 async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) -> Response:
     loop = asyncio.get_running_loop()
+    sequences = len(prompts) * body.n
+    if sequences > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
+        raise BadRequest(
+            f"the request asks for {sequences} generations (prompts x n); this server queues at most "
+            f"{service.scheduler.max_queue_size} (--max-queue-size)",
+            param="n",
+            code="too_many_generations",
+        )
     handles: list[GenerationHandle] = []
     choice = None
     try:
@@ -105,13 +113,18 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
         "created": int(time.time()),
         "model": service.model_id,
     }
+    seq = handles[0].seq
     set_log_fields(
         request,
         engine=choice.engine.name,
         algorithm=choice.algorithm.name,
+        steps=getattr(seq.params, "steps", None) or seq.gen_length,  # the resolved budget; nfe = what it took
         prompt_tokens=sum(len(p) for p in prompts),
         n=len(handles),
     )
+    if request.app.state.settings.log_prompts:  # --log-prompts: opt-in, off by default
+        # "prompt_text", not "prompt"/"messages": the access log drops those names as a guard
+        set_log_fields(request, prompt_text=[m.model_dump(exclude_none=True) for m in body.messages] if chat else body.prompt)
     prompt_tokens = sum(len(p) for p in prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
