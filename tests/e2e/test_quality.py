@@ -19,7 +19,9 @@ def test_reference_loop_keeps_quality(server, model_id):
     assert result["accuracy"] >= 0.90, result["failures"]
     assert result["trailing_garbage"] == 0.0
     assert result["repeat_check"]["identical"] == result["repeat_check"]["n"]  # deterministic at T=0
-    assert result["nfe_per_token"] is not None and result["nfe_per_token"] <= 1.0 + 1e-9
+    # one token per step over a 64-slot canvas: at most 64 forward passes a request (fewer when
+    # the answer's end-of-turn becomes final early)
+    assert 0 < result["nfe"] <= 64 * SAMPLE
 
 
 def test_dserve_eval_command_reports_table_and_json(server, tmp_path):

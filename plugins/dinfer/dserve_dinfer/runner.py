@@ -53,7 +53,7 @@ from dserve.engine import AlgorithmRunner, StepResult
 from dserve.modeling import DiffusionModel
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve_dinfer.cache_pool import CachePool
+from dserve.modeling.cache_pool import CachePool
 from dserve_dinfer.params import CreditParams, DInferParams, HierarchyParams, SoftParams
 from dserve_dinfer.rules import (
     CreditState,
@@ -352,7 +352,8 @@ class DInferRunner(AlgorithmRunner):
                 mask = positions < torch.tensor(widths, device=device)[:, None]
             logits = model(ids, positions, attention_mask=mask, kv_cache=None, **args)
         else:
-            cache = self.pool.reserve(max(seq.engine_state.length for seq in seqs))
+            # + 1: the scratch slot past every canvas that padded inputs write to
+            cache = self.pool.reserve(max(seq.engine_state.length for seq in seqs) + 1)
             positions = torch.full((n, T), cache.capacity - 1, dtype=torch.long)  # pads: the scratch slot
             for i, (a, b) in enumerate(spans):
                 positions[i, : b - a] = torch.arange(a, b)

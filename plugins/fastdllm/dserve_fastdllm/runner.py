@@ -32,7 +32,7 @@ from dserve.engine import AlgorithmRunner, StepResult
 from dserve.modeling import KVCache
 from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
-from dserve_fastdllm.cache_pool import CachePool
+from dserve.modeling.cache_pool import CachePool
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.rules import predict, transfer_mask
 

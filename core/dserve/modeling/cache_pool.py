@@ -1,4 +1,5 @@
-"""One KV cache per runner, one row per running sequence, grown on demand.
+"""One KV cache per runner, one row per running sequence, grown on demand (shared by the
+engines whose runners cache K/V: fastdllm, dinfer).
 
 Rows are handed out lowest-free-first when a sequence is admitted and given back when it is
 released. The tensors are allocated at the first cached forward and grow (rows geometrically up
