@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 # log_fields keys never written to the access log: they would hold prompt or output text.
+PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 FORBIDDEN_FIELDS = frozenset(
     {"prompt", "prompts", "messages", "body", "content", "text", "input", "output", "completion"}
 )
@@ -64,7 +65,12 @@ class AccessLogMiddleware:
                 client=client[0] if client else None,
                 **extra,
             )
-            log = self.logger.warning if final_status >= 500 else self.logger.info
+            if final_status >= 500:
+                log = self.logger.warning
+            elif final_status < 400 and scope.get("path") in PROBE_PATHS:
+                log = self.logger.debug  # probes poll every few seconds: keep them out of info logs
+            else:
+                log = self.logger.info
             log(self.event, **fields)
 
         async def watched_receive() -> dict:
