@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dserve.errors import APIError, error_body
-from dserve.middleware import Metrics, build_middleware, metrics_endpoint, torch_gpu_memory_used
+from dserve.middleware import Metrics, middleware_from_settings, metrics_endpoint, torch_gpu_memory_used
 from dserve.middleware.body_limit import RequestBodyTooLarge
 from dserve.plugins import build_registry, get_plugin_manager
 from dserve.routes import docs, jobs, ops
@@ -88,15 +88,7 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=build_middleware(
-            api_keys=settings.api_key,
-            rate_limit_requests=settings.rate_limit_requests,
-            max_body_bytes=settings.max_body_bytes,
-            cors_origins=settings.cors_origins,
-            metrics=metrics,
-            metrics_require_key=settings.metrics_require_key,
-            access_log=True,
-        ),
+        middleware=middleware_from_settings(settings, metrics),
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,

@@ -44,7 +44,7 @@ from dserve.front.proxy import ClientGone, Proxy, openai_error
 from dserve.front.router import Router
 from dserve.front.stats import aggregate_batch_stats, front_stats, worker_status
 from dserve.front.workers import WorkerPool
-from dserve.middleware import RequestBodyTooLarge, build_middleware
+from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
 from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")
@@ -249,15 +249,7 @@ def create_front_app(settings: Settings, pool: WorkerPool) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=build_middleware(
-            api_keys=settings.api_key,
-            rate_limit_requests=settings.rate_limit_requests,
-            max_body_bytes=settings.max_body_bytes,
-            cors_origins=settings.cors_origins,
-            metrics=None,
-            metrics_require_key=settings.metrics_require_key,
-            access_log=True,
-        ),
+        middleware=middleware_from_settings(settings, None),
         exception_handlers={RequestBodyTooLarge: _too_large, Exception: _internal_error},
         lifespan=lifespan,
     )

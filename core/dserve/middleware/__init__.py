@@ -36,6 +36,7 @@ __all__ = [
     "RequestBodyTooLarge",
     "RequestIdMiddleware",
     "build_middleware",
+    "middleware_from_settings",
     "metrics_endpoint",
     "torch_gpu_memory_used",
 ]
@@ -117,3 +118,16 @@ def build_middleware(
             )
         )
     return stack
+
+
+def middleware_from_settings(settings, metrics: Metrics | None) -> list[Middleware]:
+    """The stack a server or front builds from its `dserve.settings.Settings`."""
+    return build_middleware(
+        api_keys=settings.api_key,
+        rate_limit_requests=settings.rate_limit_requests,
+        max_body_bytes=settings.max_body_bytes,
+        cors_origins=settings.cors_origins,
+        metrics=metrics,
+        metrics_require_key=settings.metrics_require_key,
+        access_log=True,
+    )
