@@ -149,7 +149,8 @@ class WorkerPool:
         else:
             w.port = free_port()
         argv, env = worker_command(
-            self.settings, port=w.port, device="cpu" if w.cuda_visible is None else "cuda:0", cuda_visible=w.cuda_visible, index=w.index
+            self.settings, port=w.port, device="cpu" if w.cuda_visible is None else "cuda:0", cuda_visible=w.cuda_visible,
+            index=w.index, workers=len(self.workers),
         )
         out = None
         if self.settings.worker_log_dir:
