@@ -58,6 +58,21 @@ def test_worker_command_carries_the_serve_settings(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "5"
 
 
+def test_cpu_workers_split_the_cores(monkeypatch):
+    import os
+
+    from dserve.front.command import worker_command
+    from dserve.settings import Settings
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    _, env = worker_command(Settings(), port=9001, device="cpu", cuda_visible=None, index=0, workers=4)
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit setting wins
+    _, env = worker_command(Settings(), port=9001, device="cpu", cuda_visible=None, index=0, workers=4)
+    assert env["OMP_NUM_THREADS"] == "3"
+
+
 @pytest.fixture(scope="module")
 def front():
     srv = ServerProcess(*MODEL_ARGS, *FRONT_ARGS)
