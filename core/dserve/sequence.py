@@ -17,6 +17,7 @@ class Sequence:
     max_tokens: int
     params: DecodingParams
     seed: int | None = None
+    ignore_eos: bool = False  # decode the whole canvas: engines must not stop early at EOS
     seq_id: int = field(default_factory=lambda: next(_ids))
     gen_length: int = 0  # canvas slots after the prompt: max_tokens rounded up to whole blocks
     engine_state: Any = None  # the runner's per-sequence state

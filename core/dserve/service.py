@@ -240,7 +240,7 @@ class GenerationService:
         key = (choice.engine.name, choice.algorithm.name)
         handles = []
         for i in range(n):
-            seq = Sequence(prompt_ids, max_tokens, params, seed=None if seed is None else seed + i)
+            seq = Sequence(prompt_ids, max_tokens, params, seed=None if seed is None else seed + i, ignore_eos=ignore_eos)
             stop_ids = () if ignore_eos else self.model.info.stop_ids
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
             handles.append(GenerationHandle(seq, key, tracker, loop, deadline=deadline))

@@ -247,6 +247,16 @@ def test_early_stop_off_decodes_every_block(models, eos_as):
     assert got["canvas"][: len(case["prompt"]) + 8] == case["canvas"][: len(case["prompt"]) + 8]
 
 
+def test_ignore_eos_request_decodes_every_block(models, eos_as):
+    """ignore_eos (a request field) turns the engine's own early stop off, like early_stop=False."""
+    case = next(c for c in CASES if c["case"] == "blockwise_eos226_dual" and len(c["prompt"]) == 9)
+    eos_as(226)
+    runner_cls, seq = _make(case)
+    seq.ignore_eos = True
+    got = _drive(runner_cls(_model(models, _algorithm(case["config"]))), [seq])[seq.seq_id]
+    assert 255 not in got["canvas"] and got["nfe"] > case["nfe"]
+
+
 @pytest.mark.parametrize("algorithm", ["threshold", "hierarchy", "credit", "soft"])
 def test_guard_when_every_slot_predicts_the_mask(models, monkeypatch, algorithm):
     """dInfer never ends when every masked slot predicts the mask token; we commit the best

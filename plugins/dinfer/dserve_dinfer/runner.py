@@ -72,6 +72,7 @@ class _State:
     prompt_len: int
     blocks: list[tuple[int, int]]  # [start, end) in canvas positions
     generator: torch.Generator
+    early_stop: bool = True  # the algorithm's early_stop, off for ignore_eos requests
     block_id: int = 0
     iter_no: int = 0  # dInfer's diffusion-iteration counter, per sequence
     unroll_left: int = 0  # iterations left before the next completion check
@@ -127,7 +128,7 @@ class DInferRunner(AlgorithmRunner):
         else:
             first = seq.prompt_len
         blocks = [(s, min(s + p.block_length, L)) for s in range(first, L, p.block_length)]
-        st = _State(canvas, seq.prompt_len, blocks, make_generator(seq.seed, device))
+        st = _State(canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos)
         if p.cache != "none":
             st.cache_row = self.pool.take()
         if self.record_forwards:
@@ -241,7 +242,7 @@ class DInferRunner(AlgorithmRunner):
                 st.unroll_left = max(min(masks // p.expected_tpf, p.maximum_unroll), 1)
                 return
             self._block_done(st)
-            if p.early_stop and self._holds_stop(st.canvas[max(s, st.prompt_len) : e]):
+            if st.early_stop and self._holds_stop(st.canvas[max(s, st.prompt_len) : e]):
                 eos = self.model.info.eos_id
                 filled = (st.canvas[e:] == mask_id).nonzero().flatten().tolist()
                 st.committed.extend((e + i, eos) for i in filled)
