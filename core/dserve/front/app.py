@@ -152,20 +152,29 @@ async def metrics(request: Request) -> Response:
 # ---- async jobs ---------------------------------------------------------------------------
 
 
-async def submit_job(request: Request) -> Response:
-    f = _front(request)
-    if f.draining:
-        return _shutting_down()
-    upstream = await f.proxy.send(request)
+async def _exchange(f, request: Request, **send) -> tuple | Response:
+    """Send to a worker and read its whole answer: (response, worker, body), or the Response to
+    return instead (no worker, client gone, worker failed)."""
+    upstream = await f.proxy.send(request, **send)
     if isinstance(upstream, Response):
         return upstream
     resp, w = upstream
     try:
-        raw = await f.proxy.read(request, resp, w)
+        return resp, w, await f.proxy.read(request, resp, w)
     except ClientGone:
         return Response(status_code=499)
     except Exception as exc:  # noqa: BLE001 - httpx errors
         return f.proxy.failed(w, exc)
+
+
+async def submit_job(request: Request) -> Response:
+    f = _front(request)
+    if f.draining:
+        return _shutting_down()
+    answer = await _exchange(f, request)
+    if isinstance(answer, Response):
+        return answer
+    resp, w, raw = answer
     headers = {"x-dserve-worker": str(w.index)}
     if resp.status_code != 200:
         return Response(raw, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
@@ -182,16 +191,10 @@ async def job_result(request: Request) -> Response:
     if ref is None or w.epoch != ref.epoch:
         why = "unknown or expired" if ref is None else f"worker {ref.worker} restarted since and lost it"
         return JSONResponse(error_body(f"no request with id {raw!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
-    upstream = await f.proxy.send(request, worker=w, path=f"/v1/result/{ref.local_id}")
-    if isinstance(upstream, Response):
-        return upstream
-    resp, w = upstream
-    try:
-        content = await f.proxy.read(request, resp, w)
-    except ClientGone:
-        return Response(status_code=499)
-    except Exception as exc:  # noqa: BLE001 - httpx errors
-        return f.proxy.failed(w, exc)
+    answer = await _exchange(f, request, worker=w, path=f"/v1/result/{ref.local_id}")
+    if isinstance(answer, Response):
+        return answer
+    resp, w, content = answer
     if resp.status_code != 200:
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
     body = json.loads(content)

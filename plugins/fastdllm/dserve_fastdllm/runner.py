@@ -24,6 +24,7 @@ after the forward is per row, so a sequence's output does not depend on its batc
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -202,8 +203,9 @@ class _CachedRunner(BasicRunner):
             self.pool.give(st.cache_row)
             st.cache_row = None
 
+    @abstractmethod
     def _cached_span(self, st: _State) -> tuple[int, int]:
-        raise NotImplementedError
+        """The canvas range a cached step forwards."""
 
     def _block_logits(self, seqs: list[Sequence]) -> dict[int, torch.Tensor]:
         by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
