@@ -22,8 +22,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # F.rms_norm is x * rsqrt(mean(x^2) + eps), one fused kernel on the GPU
+        x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return x32.to(x.dtype) * self.weight
 
 
@@ -47,7 +47,7 @@ class RotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, H, T, D]."""
+        """x [B, H, T, D] with cos/sin as returned; x [B, T, H, D] with cos/sin transposed(1, 2)."""
         if self.full_precision:
             xf = x.float()
             return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)

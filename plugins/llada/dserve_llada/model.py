@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.fused import fuse_linears
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
 from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
 from dserve.modeling.tokenizer import load_tokenizer
@@ -33,17 +34,35 @@ class LLaDABlock(nn.Module):
         self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)  # gate (through SiLU)
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)  # down
+        # set by fuse_projections(); plain attributes, so state_dict() keeps the published names
+        self.qkv_weight: torch.Tensor | None = None
+        self.gate_up_weight: torch.Tensor | None = None
 
     def forward(self, x, rotary, cos, sin, positions, attention_mask, cache):
         B, T, _ = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        if self.qkv_weight is None:
+            q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        else:  # fused: one GEMM for q/k/v and one RoPE over q and k together ([B, T, heads, D])
+            qkv = nn.functional.linear(h, self.qkv_weight).view(B, T, -1, self.head_dim)
+            nq, nqk = self.n_heads, self.n_heads + self.n_kv_heads
+            qk = rotary.apply(qkv[:, :, :nqk], cos.transpose(1, 2), sin.transpose(1, 2))
+            q, k, v = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), qkv[:, :, nqk:].transpose(1, 2)
         a = attention(q, k, v, positions, attention_mask, cache)
         x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, -1))
-        return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
+        h = self.ff_norm(x)
+        if self.gate_up_weight is None:
+            return x + swiglu(h, self.ff_proj, self.up_proj, self.ff_out)
+        gate, up = nn.functional.linear(h, self.gate_up_weight).chunk(2, dim=-1)
+        return x + self.ff_out(nn.functional.silu(gate) * up)
+
+    def fuse_projections(self) -> None:
+        """Inference only: q/k/v and gate/up as one GEMM each (dserve.modeling.fused)."""
+        self.qkv_weight = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        self.gate_up_weight = fuse_linears(self.ff_proj, self.up_proj)
 
 
 class LLaDAModel(DiffusionModel):
@@ -70,6 +89,12 @@ class LLaDAModel(DiffusionModel):
             max_length=cfg.max_sequence_length,
             capabilities=frozenset({BIDIRECTIONAL, KV_CACHE, INPUTS_EMBEDS}),
         )
+
+    def fuse_projections(self) -> None:
+        """Fuse each block's projections for inference (after the weights are on their device;
+        a later `.to()` would unshare the views, so loaders call this last)."""
+        for block in self.model.transformer.blocks:
+            block.fuse_projections()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
@@ -115,6 +140,7 @@ def load_llada(
         model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
         load_weights(model, path, dtype=dtype, device=device)
         model.eval().requires_grad_(False)
+        model.fuse_projections()
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         model.tokenizer = load_tokenizer(path)
     return model
@@ -129,4 +155,6 @@ def random_llada(cfg: LLaDAConfig, *, dtype=torch.bfloat16, device="cuda", seed:
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 continue
             nn.init.normal_(p, std=0.02)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    model.fuse_projections()
+    return model
