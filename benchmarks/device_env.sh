@@ -5,7 +5,7 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-for pkg in . plugins/llada plugins/fastdllm plugins/dinfer; do
+for pkg in . plugins/*/; do
   if [ -f "$pkg/pyproject.toml" ]; then
     python3 -m pip install -q --no-deps --no-build-isolation -e "$pkg" || echo "device_env: could not install $pkg"
   fi

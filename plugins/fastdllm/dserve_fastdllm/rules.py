@@ -83,3 +83,65 @@ def factor_count(values: torch.Tensor, n: int, factor: float) -> torch.Tensor | 
     fails = torch.cat([values[:n] < bars, torch.ones(1, dtype=torch.bool, device=values.device)])
     first = fails.to(torch.int8).argmax()  # lowest failing rank; n when none fails
     return torch.where(first >= n - 1, n, first.clamp(min=1))
+
+
+# ---- the same rules over a batch of rows (one step of many sequences, no per-row kernels) ----
+
+
+def predict_rows(
+    logits: torch.Tensor,
+    *,
+    temperatures: list[float],
+    remasking: str,
+    mask_id: int,
+    generators: list[torch.Generator],
+    chunk: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` for rows sharing one remasking mode: logits [B, n, V] -> x0, conf [B, n].
+
+    Row r equals predict(logits[r], temperature=temperatures[r], ...): the same float64
+    softmax, and each row's generator draws what it would draw alone. The float64 softmax runs
+    over `chunk` rows at a time to bound its memory (B x n x V doubles)."""
+    candidates = logits.clone()
+    candidates[..., mask_id] = -float("inf")
+    x0 = candidates.argmax(dim=-1)
+    for r, temperature in enumerate(temperatures):
+        if temperature != 0:
+            x0[r] = gumbel_argmax(candidates[r], temperature, generators[r])
+    if remasking == "low_confidence":
+        conf = torch.cat([
+            torch.softmax(logits[i : i + chunk].to(torch.float64), dim=-1).gather(-1, x0[i : i + chunk, :, None]).squeeze(-1)
+            for i in range(0, logits.shape[0], chunk)
+        ])
+    else:
+        conf = torch.stack([torch.rand(x0.shape[1:], generator=g, device=x0.device) for g in generators])
+    return x0, conf
+
+
+def transfer_masks(
+    conf: torch.Tensor,
+    n: torch.Tensor,
+    *,
+    quota: torch.Tensor,
+    threshold: torch.Tensor,
+    factor: torch.Tensor,
+) -> torch.Tensor:
+    """`transfer_mask` for every row at once: conf [B, w] (-inf outside each row's scope), n [B]
+    scope sizes; per row quota [B] (long), threshold and factor [B] (NaN where the row does not
+    use that rule), with the same precedence factor > threshold > quota."""
+    values, order = torch.sort(conf, dim=-1, descending=True, stable=True)
+    width = conf.shape[-1]
+    ranks = torch.arange(width, device=conf.device)
+    in_scope = ranks[None, :] < n[:, None]
+    k_quota = torch.minimum(quota, n)
+    above = (values >= threshold[:, None].to(values.dtype)) & in_scope & (ranks[None, :] >= 1)
+    k_threshold = torch.where(n == 0, 0, 1 + above.sum(-1))
+    bars = 1.0 - factor[:, None].to(torch.float64) / (ranks[None, :].to(torch.float64) + 2.0)
+    bars[:, 0] = -1.0
+    fails = (values < bars) | ~in_scope
+    fails = torch.cat([fails, torch.ones_like(fails[:, :1])], dim=-1)
+    first = fails.to(torch.int8).argmax(-1)  # lowest failing rank; n when none fails
+    k_factor = torch.where(first >= n - 1, n, first.clamp(min=1))
+    k = torch.where(~factor.isnan(), k_factor, torch.where(~threshold.isnan(), k_threshold, k_quota))
+    keep = ranks[None, :] < k[:, None]
+    return torch.zeros_like(keep).scatter(-1, order, keep)

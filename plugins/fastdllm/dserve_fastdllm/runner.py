@@ -35,7 +35,7 @@ from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
 from dserve.modeling.cache_pool import CachePool
 from dserve_fastdllm.params import FastDLLMParams
-from dserve_fastdllm.rules import predict, transfer_mask
+from dserve_fastdllm.rules import predict, predict_rows, transfer_mask, transfer_masks
 
 
 @dataclass
@@ -51,6 +51,7 @@ class _State:
     masks_left: int = 0  # masked positions left in the current block
     quota: list[int] | None = None  # fixed schedule: tokens per step of the current block
     cache_row: int | None = None
+    rule_is_fixed: bool = False  # no threshold/factor: a fixed number of tokens per step
 
     @property
     def block_range(self) -> tuple[int, int]:
@@ -76,6 +77,7 @@ class BasicRunner(AlgorithmRunner):
             num_blocks=seq.gen_length // p.block_length,
             steps_per_block=p.steps_per_block(seq.gen_length),
             masks_left=p.block_length,
+            rule_is_fixed=p.rule == "fixed",
         )
 
     @torch.inference_mode()
@@ -84,19 +86,19 @@ class BasicRunner(AlgorithmRunner):
         seqs = [s for s in self.sequences if s not in done]  # a finished one not yet released
         results = [StepResult(s, [], finished=True, nfe=0) for s in done]
         if seqs:
-            results += self._commit(seqs, self._block_logits(seqs))
+            results += self._commit(self._block_logits(seqs))
         return results
 
     # ---- forwards ----------------------------------------------------------------------------
 
-    def _block_logits(self, seqs: list[Sequence]) -> dict[int, torch.Tensor]:
-        """Logits [block_length, V] of each sequence's current block, keyed by seq_id."""
-        return self._forward(seqs, [(0, len(s.engine_state.canvas)) for s in seqs], cache=None)
+    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], torch.Tensor]]:
+        """(sequences, logits [B, n, V] of their current blocks) for each forward of the step."""
+        return [(seqs, self._forward(seqs, [(0, len(s.engine_state.canvas)) for s in seqs], cache=None))]
 
-    def _forward(
-        self, seqs: list[Sequence], spans: list[tuple[int, int]], cache: KVCache | None
-    ) -> dict[int, torch.Tensor]:
-        """One forward over canvas[a:b] of each sequence (right-padded); returns block logits.
+    def _forward(self, seqs: list[Sequence], spans: list[tuple[int, int]], cache: KVCache | None) -> torch.Tensor:
+        """One forward over canvas[a:b] of each sequence (right-padded); returns the logits of
+        each row's current block [B, n, V] (n = the widest block; a narrower block's extra
+        positions repeat its last one).
 
         With `cache`, the inputs' K/V are written into each sequence's cache row and queries
         attend over the row's slots [0, canvas length)."""
@@ -104,74 +106,54 @@ class BasicRunner(AlgorithmRunner):
         widths = [b - a for a, b in spans]
         T = max(widths)
         ids = torch.full((len(seqs), T), self.model.info.mask_id, dtype=torch.long, device=device)
-        positions = torch.empty((len(seqs), T), dtype=torch.long)
-        lengths = torch.tensor([len(s.engine_state.canvas) for s in seqs])
         for r, (seq, (a, b)) in enumerate(zip(seqs, spans)):
             ids[r, : b - a] = seq.engine_state.canvas[a:b]
-            positions[r, : b - a] = torch.arange(a, b)
-            # pads sit past the canvas end: never attended, and their cache writes land there
-            positions[r, b - a :] = torch.arange(int(lengths[r]), int(lengths[r]) + T - (b - a))
-        positions = positions.to(device)
-        lengths = lengths.to(device)
-
+        lengths = [len(s.engine_state.canvas) for s in seqs]
+        # pads sit past the canvas end: never attended, and their cache writes land there
+        positions = [list(range(a, b)) + list(range(n, n + T - (b - a))) for (a, b), n in zip(spans, lengths)]
         # logits only at each row's current block (the LM head over the whole input is costly)
         blocks = [seq.engine_state.block_range for seq in seqs]
         n = max(e - s for s, e in blocks)
-        index = torch.tensor(
-            [[min(s - a + j, e - a - 1) for j in range(n)] for (s, e), (a, _) in zip(blocks, spans)], device=device
-        )
+        index = [[min(s - a + j, e - a - 1) for j in range(n)] for (s, e), (a, _) in zip(blocks, spans)]
+        positions, index, lengths = _upload(device, positions, index, lengths)
         if cache is None:
             ragged = any(w != T for w in widths)
             key_mask = positions < lengths[:, None] if ragged else None
-            logits = self.model(ids, positions, attention_mask=key_mask, logits_index=index)
-        else:
-            rows = [s.engine_state.cache_row for s in seqs]
-            consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
-            use = slice(rows[0], rows[0] + len(rows)) if consecutive else torch.tensor(rows, device=device)
-            key_mask = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
-            logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(use), logits_index=index)
-            cache.use_rows(None)
-
-        return {seq.seq_id: logits[r, : e - s] for r, (seq, (s, e)) in enumerate(zip(seqs, blocks))}
+            return self.model(ids, positions, attention_mask=key_mask, logits_index=index)
+        rows = [s.engine_state.cache_row for s in seqs]
+        consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
+        use = slice(rows[0], rows[0] + len(rows)) if consecutive else torch.tensor(rows, device=device)
+        key_mask = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
+        logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(use), logits_index=index)
+        cache.use_rows(None)
+        return logits
 
     # ---- commits -----------------------------------------------------------------------------
 
-    def _commit(self, seqs: list[Sequence], block_logits: dict[int, torch.Tensor]) -> list[StepResult]:
+    def _commit(self, groups: list[tuple[list[Sequence], torch.Tensor]]) -> list[StepResult]:
         mask_id = self.model.info.mask_id
-        picks = []
-        for seq in seqs:
-            st: _State = seq.engine_state
-            p: FastDLLMParams = seq.params
-            s, e = st.block_range
-            if st.step_in_block == 0 and p.rule == "fixed":
-                st.quota = split_steps(st.masks_left, st.steps_per_block)
-            block = st.canvas[s:e]
-            masked = block == mask_id
-            x0, conf = predict(
-                block_logits[seq.seq_id],
-                temperature=p.temperature,
-                remasking=p.remasking,
-                mask_id=mask_id,
-                generator=st.generator,
-            )
-            conf = conf.masked_fill(~masked, -float("inf"))
-            quota = None
-            if p.rule == "fixed":
-                quota = st.quota[st.step_in_block] if st.step_in_block < len(st.quota) else 1
-            transfer = transfer_mask(conf, st.masks_left, quota=quota, threshold=p.threshold, factor=p.factor)
-            transfer &= masked
-            st.canvas[s:e] = torch.where(transfer, x0, block)
-            picks.append(torch.stack((transfer.long(), x0)))
+        order, picks = [], []
+        for seqs, logits in groups:
+            for st in (s.engine_state for s in seqs):
+                if st.step_in_block == 0 and st.rule_is_fixed:
+                    st.quota = split_steps(st.masks_left, st.steps_per_block)
+            widths = {s.engine_state.block_length for s in seqs}
+            modes = {s.params.remasking for s in seqs}
+            if len(widths) == 1 and len(modes) == 1:
+                transfer, x0 = self._pick_rows(seqs, logits, mask_id)
+            else:  # rows of different block lengths or remasking modes: one row at a time
+                transfer, x0 = self._pick_each(seqs, logits, mask_id)
+            order += [(seq, transfer.shape[1]) for seq in seqs]
+            picks.append(torch.stack((transfer.long(), x0)).flatten(1))
 
         # one host sync for the whole batch
         picked = torch.cat(picks, dim=1).tolist()
         results, col = [], 0
-        for seq in seqs:
+        for seq, stride in order:
             st = seq.engine_state
             s, e = st.block_range
-            width = e - s
-            flags, tokens = picked[0][col : col + width], picked[1][col : col + width]
-            col += width
+            flags, tokens = picked[0][col : col + e - s], picked[1][col : col + e - s]
+            col += stride
             offset = s - st.prompt_len
             committed = [(offset + j, tok) for j, (f, tok) in enumerate(zip(flags, tokens)) if f]
             st.masks_left -= len(committed)
@@ -182,6 +164,70 @@ class BasicRunner(AlgorithmRunner):
                 st.masks_left = st.block_length
             results.append(StepResult(seq, committed, finished=st.block >= st.num_blocks, nfe=1))
         return results
+
+    def _quota(self, st: _State) -> int | None:
+        if not st.rule_is_fixed:
+            return None
+        return st.quota[st.step_in_block] if st.step_in_block < len(st.quota) else 1
+
+    def _pick_rows(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row's commit at once (rows share block length and remasking): transfer, x0 [B, n]."""
+        states = [s.engine_state for s in seqs]
+        width = states[0].block_length
+        blocks = torch.stack([st.canvas[slice(*st.block_range)] for st in states])
+        masked = blocks == mask_id
+        x0, conf = predict_rows(
+            logits[:, :width],
+            temperatures=[s.params.temperature for s in seqs],
+            remasking=seqs[0].params.remasking,
+            mask_id=mask_id,
+            generators=[st.generator for st in states],
+        )
+        conf = conf.masked_fill(~masked, -float("inf"))
+        nan = float("nan")
+        per_row = torch.tensor(
+            [[st.masks_left, st.masks_left if self._quota(st) is None else self._quota(st),
+              s.params.threshold if s.params.threshold is not None else nan,
+              s.params.factor if s.params.factor is not None else nan] for s, st in zip(seqs, states)],
+            dtype=torch.float64,
+        )
+        per_row = per_row.pin_memory().to(logits.device, non_blocking=True) if logits.is_cuda else per_row
+        n, quota = per_row[:, 0].long(), per_row[:, 1].long()
+        transfer = transfer_masks(conf, n, quota=quota, threshold=per_row[:, 2], factor=per_row[:, 3]) & masked
+        updated = torch.where(transfer, x0, blocks)
+        for r, st in enumerate(states):
+            st.canvas[slice(*st.block_range)] = updated[r]
+        return transfer, x0
+
+    def _pick_each(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row by row (block lengths or remasking modes differ): transfer, x0 [B, widest]."""
+        n = logits.shape[1]
+        transfers = torch.zeros(len(seqs), n, dtype=torch.bool, device=logits.device)
+        x0s = torch.zeros(len(seqs), n, dtype=torch.long, device=logits.device)
+        for r, seq in enumerate(seqs):
+            st: _State = seq.engine_state
+            p: FastDLLMParams = seq.params
+            s, e = st.block_range
+            block = st.canvas[s:e]
+            masked = block == mask_id
+            x0, conf = predict(
+                logits[r, : e - s], temperature=p.temperature, remasking=p.remasking, mask_id=mask_id, generator=st.generator
+            )
+            conf = conf.masked_fill(~masked, -float("inf"))
+            transfer = transfer_mask(conf, st.masks_left, quota=self._quota(st), threshold=p.threshold, factor=p.factor)
+            transfer &= masked
+            st.canvas[s:e] = torch.where(transfer, x0, block)
+            transfers[r, : e - s], x0s[r, : e - s] = transfer, x0
+        return transfers, x0s
+
+
+def _upload(device: torch.device, *rows: list) -> tuple[torch.Tensor, ...]:
+    """Host lists to device tensors through pinned memory: the copy does not wait for the
+    GPU to drain (a pageable host-to-device copy would)."""
+    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
 
 
 class _CachedRunner(BasicRunner):
@@ -207,11 +253,11 @@ class _CachedRunner(BasicRunner):
     def _cached_span(self, st: _State) -> tuple[int, int]:
         """The canvas range a cached step forwards."""
 
-    def _block_logits(self, seqs: list[Sequence]) -> dict[int, torch.Tensor]:
+    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], torch.Tensor]]:
         by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
         fresh = [s for s in by_row if s.engine_state.step_in_block == 0]
         warm = [s for s in by_row if s.engine_state.step_in_block > 0]
-        out: dict[int, torch.Tensor] = {}
+        out = []
         for group, spans in (
             (fresh, [(0, len(s.engine_state.canvas)) for s in fresh]),
             (warm, [self._cached_span(s.engine_state) for s in warm]),
@@ -221,7 +267,7 @@ class _CachedRunner(BasicRunner):
             T = max(b - a for a, b in spans)
             # every row's canvas plus its pads' slots must fit
             need = max(len(s.engine_state.canvas) + T - (b - a) for s, (a, b) in zip(group, spans))
-            out.update(self._forward(group, spans, cache=self.pool.reserve(need)))
+            out.append((group, self._forward(group, spans, cache=self.pool.reserve(need))))
         return out
 
 
