@@ -69,3 +69,18 @@ def test_dummy_load_format_builds_random_weights_from_the_config(tiny_random_dir
     assert set(model.state_dict()) == set(real.state_dict())
     assert not torch.equal(model.model.transformer.wte.weight, real.model.transformer.wte.weight)
     assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 256)
+
+
+def test_fused_projections_share_memory_and_keep_the_logits(tiny_random_dir):
+    """Loaders fuse q/k/v and gate/up (one GEMM each); the published parameters stay, as views
+    of the fused weights, and the logits equal the unfused model's."""
+    fused = load_llada(tiny_random_dir, dtype="float32")
+    block = fused.model.transformer.blocks[0]
+    assert block.qkv_weight is not None and block.gate_up_weight is not None
+    assert block.q_proj.weight.data_ptr() == block.qkv_weight.data_ptr()
+    assert block.up_proj.weight.data_ptr() == block.gate_up_weight[block.ff_proj.weight.shape[0]:].data_ptr()
+    unfused = load_llada(tiny_random_dir, dtype="float32")
+    for b in unfused.model.transformer.blocks:
+        b.qkv_weight = b.gate_up_weight = None
+    ids = torch.randint(0, 250, (2, 24), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fused(ids), unfused(ids), atol=1e-5, rtol=1e-5)
