@@ -26,6 +26,9 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-remote-code", action="store_true", default=None, help="accepted and ignored: dserve's models are native")
     g.add_argument("--enforce-eager", action="store_true", default=None, help="disable CUDA graphs (GPU only)")
     g.add_argument("--load-format", choices=["auto", "dummy"], help="dummy: random weights in the shape of --model's config.json (benchmarks)")
+    g.add_argument("--gpu-memory-utilization", type=float,
+                   help="fraction of the GPU's memory the server may allocate (default 1.0); a step that needs more "
+                   "sheds its newest requests with 503 instead of crashing")
 
     g = p.add_argument_group("decoding defaults (a request's own fields win)")
     g.add_argument("--engine", help="default engine (default: the model family's)")

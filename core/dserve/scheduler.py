@@ -69,6 +69,7 @@ class SchedulerStats:
         self.batch_size_sum = 0
         self.histogram: collections.Counter[int] = collections.Counter()
         self.requests_finished = 0
+        self.requests_shed = 0  # failed with 503 to free device memory
         self._recent: collections.deque[tuple[float, int, int]] = collections.deque()  # (t, batch, tokens)
         self._window = window
 
@@ -89,6 +90,7 @@ class SchedulerStats:
             "total_steps": self.steps,
             "total_tokens_committed": self.tokens_committed,
             "requests_finished": self.requests_finished,
+            "requests_shed_out_of_memory": self.requests_shed,
             "avg_batch_size": self.batch_size_sum / self.steps if self.steps else 0.0,
             "batch_size_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
             "steps_per_second": (len(recent) - 1) / span if span > 0 else 0.0,
@@ -245,6 +247,9 @@ class Scheduler:
         try:
             results = runner.step()
         except Exception as exc:  # noqa: BLE001
+            if _is_out_of_memory(exc) and batch > 1:
+                self._shed(runner)
+                return
             log.exception("engine step failed", batch_size=batch)
             error = self._step_error(exc)
             for seq in list(runner.sequences):
@@ -261,9 +266,30 @@ class Scheduler:
         if self._on_step is not None:
             self._on_step(batch, committed)
 
+    def _shed(self, runner: AlgorithmRunner) -> None:
+        """A step ran out of device memory: fail the newest half of the batch with 503, cap the
+        runner's batch at what is left, and let the rest retry the step at the next iteration.
+
+        The newest requests have made the least progress; the cap keeps waiting requests in the
+        queue (429 once it is full) instead of admitting them into another out-of-memory step.
+        A step that fails in its forward pass has changed no sequence state (engines commit after
+        the forward), so the retry decodes exactly what the failed step would have."""
+        _free_device_memory()
+        keep = len(runner.sequences) // 2
+        shed = runner.sequences[keep:]
+        runner.max_batch_size = max(1, keep)
+        log.warning("out of device memory: shedding requests", shed=len(shed), batch_size_cap=runner.max_batch_size)
+        error = Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
+        for seq in list(shed):
+            handle = self._running.get(seq.seq_id)
+            runner.release(seq)
+            if handle is not None:
+                self._fail(handle, error)
+        self.stats.requests_shed += len(shed)
+
     @staticmethod
     def _step_error(exc: Exception) -> APIError:
-        if type(exc).__name__ == "OutOfMemoryError":
+        if _is_out_of_memory(exc):
             _free_device_memory()
             return Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
         return APIError("internal error while decoding", code="engine_error")
@@ -306,6 +332,10 @@ class Scheduler:
                 self._on_finish(handle)
             except Exception:  # noqa: BLE001
                 log.exception("on_finish callback failed")
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError"
 
 
 def _free_device_memory() -> None:

@@ -64,6 +64,11 @@ class GenerationService:
                 known = sorted(a for m in self.registry.models.values() for a in m.architectures)
                 raise ValueError(f"no installed plugin serves architectures {config.get('architectures')}; known: {known}")
             device = resolve_device(self.settings.device)
+            if device.type == "cuda" and self.settings.gpu_memory_utilization < 1.0:
+                import torch
+
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                torch.cuda.set_per_process_memory_fraction(self.settings.gpu_memory_utilization, index)
             loader = import_string(spec.loader)
             if self.settings.load_format == "dummy":
                 model = loader(path, dtype=self.settings.dtype, device=device, load_format="dummy")
@@ -162,7 +167,8 @@ class GenerationService:
             if missing:
                 raise BadRequest(
                     f"{engine.name}/{alg.name} needs model capabilities {sorted(missing)}, "
-                    f"which {self.model_id} ({self.model.info.family}) does not have",
+                    f"which {self.model_id} ({self.model.info.family}) does not have "
+                    f"(it has {sorted(self.model.info.capabilities)})",
                     param="generation_algorithm",
                     code="unsupported_algorithm",
                 )

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
     enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly")
+    gpu_memory_utilization: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="fraction of the GPU's memory this process may allocate (vLLM's flag); beyond it a step "
+        "fails with out-of-memory, which sheds requests instead of crashing",
+    )
     load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights in the checkpoint's shape (benchmarks; vLLM's flag)")
 
     # decoding defaults (a request's own fields win)
