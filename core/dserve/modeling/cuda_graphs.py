@@ -16,9 +16,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import torch
 
 from dserve.modeling.kv_cache import KVCache
+
+log = structlog.get_logger("dserve.cuda_graphs")
 
 
 @dataclass
@@ -43,6 +46,13 @@ class GraphedModel:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle()
+        self.broken = False  # a capture failed: every forward runs eagerly
+
+    def _eager(self, args: dict, kv_cache: KVCache | None) -> torch.Tensor:
+        return self.model(
+            args["input_ids"], args["positions"], attention_mask=args["attention_mask"], kv_cache=kv_cache,
+            logits_index=args["logits_index"],
+        )
 
     def __getattr__(self, name: str) -> Any:  # info, tokenizer, device, new_kv_cache, ...
         return getattr(self.model, name)
@@ -67,12 +77,28 @@ class GraphedModel:
             _signature(rows),
             None if static_slice is None else (static_slice.start, static_slice.stop),
         )
+        if self.broken:
+            return self._eager(args, kv_cache)
         # a graph of a cache that is gone must never run again (its id may be reused)
-        for stale in [k for k, g in self._graphs.items() if g.stale()]:
-            del self._graphs[stale]
+        stale = [k for k, g in self._graphs.items() if g.stale()]
+        for k in stale:
+            del self._graphs[k]
+        if stale and not self._graphs:
+            # the memory pool's last graph is gone: PyTorch refuses to capture into a pool whose
+            # graphs were all freed ("use_count > 0" assertion), so start a new one
+            self._pool = torch.cuda.graph_pool_handle()
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(key, args, kv_cache, rows if static_slice is None else static_slice)
+            try:
+                entry = self._capture(key, args, kv_cache, rows if static_slice is None else static_slice)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                # a capture PyTorch cannot make must not take the server down: run eagerly from now on
+                log.exception("CUDA graph capture failed; running forwards eagerly from now on")
+                self.broken = True
+                self._graphs.clear()
+                return self._eager(args, kv_cache)
         else:
             self._graphs.move_to_end(key)
         for name, t in args.items():
