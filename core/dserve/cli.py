@@ -26,6 +26,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-remote-code", action="store_true", default=None, help="accepted and ignored: dserve's models are native")
     g.add_argument("--enforce-eager", action="store_true", default=None, help="disable CUDA graphs (GPU only)")
     g.add_argument("--load-format", choices=["auto", "dummy"], help="dummy: random weights in the shape of --model's config.json (benchmarks)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model's forward (default off; --no-compile)")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    g.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="SDPA may use flash / cuDNN attention on the GPU (default on; --no-flash-attention)")
     g.add_argument("--gpu-memory-utilization", type=float,
                    help="fraction of the GPU's memory the server may allocate (default 1.0); a step that needs more "
                    "sheds its newest requests with 503 instead of crashing")
@@ -39,6 +44,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float)
     g.add_argument("--factor", type=float)
     g.add_argument("--cfg-scale", type=float)
+    g.add_argument("--enable-apd", action=argparse.BooleanOptionalAction, default=None,
+                   help="default to fastdllm/apd, confidence-adaptive parallel decoding (--disable-apd/--no-enable-apd: off)")
+    g.add_argument("--disable-apd", dest="enable_apd", action="store_false", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--apd-max-parallel", type=int, help="apd: most tokens committed per step (default 8)")
+    g.add_argument("--apd-threshold", type=float, help="apd: confidence each token needs, left to right (default 0.3)")
     g.add_argument("--temperature", type=float)
     g.add_argument("--max-tokens", type=int, help="max_tokens when a request gives none (default 128)")
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # use one of them ignores it, so one request body works across algorithms; any other unknown
 # field is rejected, so typos do not pass silently.
 COMMON_DIFFUSION_FIELDS = frozenset(
-    {"temperature", "steps", "block_length", "remasking", "threshold", "factor", "cfg_scale"}
+    {"temperature", "steps", "block_length", "remasking", "threshold", "factor", "cfg_scale", "apd_max_parallel", "apd_threshold"}
 )
 
 

@@ -74,6 +74,7 @@ class GenerationService:
                 model = loader(path, dtype=self.settings.dtype, device=device, load_format="dummy")
             else:
                 model = loader(path, dtype=self.settings.dtype, device=device)
+            apply_speed_settings(model, self.settings)
             if self.settings.tokenizer:
                 from dserve.modeling.tokenizer import load_tokenizer
 
@@ -101,7 +102,11 @@ class GenerationService:
     def _make_runner(self, key: RunnerKey):
         choice = self._choice(key[0], key[1])
         runner_cls = choice.algorithm.load_runner()
-        return runner_cls(model_for_runner(self.model, runner_cls, self.settings.enforce_eager), max_batch_size=self.settings.max_batch_size)
+        # compile modes with CUDA graphs of their own replace dserve's graphs
+        eager = self.settings.enforce_eager or (
+            self.settings.compile and self.settings.compile_mode in ("reduce-overhead", "max-autotune")
+        )
+        return runner_cls(model_for_runner(self.model, runner_cls, eager), max_batch_size=self.settings.max_batch_size)
 
     def shutdown(self) -> None:
         if self.scheduler is not None:
@@ -117,6 +122,8 @@ class GenerationService:
         s, spec = self.settings, self.model_spec
         if engine is None and algorithm is None:
             engine, algorithm = s.engine, s.algorithm
+            if s.enable_apd and engine is None and algorithm is None:
+                engine, algorithm = "fastdllm", "apd"
         if engine is None and algorithm is not None:
             default = s.engine or (spec.default_engine if spec else None)
             candidates = self.registry.engines_with_algorithm(algorithm)
@@ -255,6 +262,21 @@ class GenerationService:
 
 
 _graphed: dict[int, Any] = {}
+
+
+def apply_speed_settings(model, settings: Settings) -> None:
+    """--no-flash-attention and --compile, applied once to a loaded model."""
+    import torch
+
+    if not settings.flash_attention and torch.cuda.is_available():
+        # process-wide SDPA switches: the flash and cuDNN (flash-style) kernels are off
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if settings.compile:
+        mode = None if settings.compile_mode == "default" else settings.compile_mode
+        # an instance attribute: nn.Module.__call__ finds it first, the class stays the same
+        model.forward = torch.compile(model.forward, mode=mode, dynamic=True)
+        log.info("model forward compiled", mode=settings.compile_mode)
 
 
 def model_for_runner(model, runner_cls, enforce_eager: bool = False):

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
     enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly")
+    compile: bool = Field(False, description="torch.compile the model's forward (first requests of each shape compile)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; the modes that use CUDA graphs replace dserve's own graphs"
+    )
+    flash_attention: bool = Field(True, description="let SDPA use flash / cuDNN attention kernels on the GPU (off: math or memory-efficient kernels only)")
     gpu_memory_utilization: float = Field(
         1.0, gt=0.0, le=1.0,
         description="fraction of the GPU's memory this process may allocate (vLLM's flag); beyond it a step "
@@ -41,6 +46,9 @@ class Settings(BaseSettings):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     factor: float | None = Field(None, gt=0.0)
     cfg_scale: float | None = Field(None, ge=0.0)
+    enable_apd: bool = Field(False, description="default to fastdllm/apd, confidence-adaptive parallel decoding (vdiff's flag)")
+    apd_max_parallel: int | None = Field(None, ge=1, description="apd: most tokens committed per step (default 8)")
+    apd_threshold: float | None = Field(None, gt=0.0, le=1.0, description="apd: confidence a token needs, left to right (default 0.3)")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int = Field(128, ge=1, description="default max_tokens when a request gives none")
 
@@ -97,4 +105,6 @@ class Settings(BaseSettings):
             "threshold": self.threshold,
             "factor": self.factor,
             "cfg_scale": self.cfg_scale,
+            "apd_max_parallel": self.apd_max_parallel,
+            "apd_threshold": self.apd_threshold,
         }

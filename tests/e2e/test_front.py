@@ -58,6 +58,17 @@ def test_worker_command_carries_the_serve_settings(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "5"
 
 
+def test_worker_command_carries_boolean_and_speed_flags():
+    from dserve.front.command import worker_command
+    from dserve.settings import Settings
+
+    settings = Settings(enable_apd=True, apd_threshold=0.5, compile=True, flash_attention=False, gpu_memory_utilization=0.5)
+    argv, _ = worker_command(settings, port=9001, device="cuda:0", cuda_visible="0", index=0)
+    assert "--enable-apd" in argv and "--compile" in argv and "--no-flash-attention" in argv
+    assert argv[argv.index("--apd-threshold") + 1] == "0.5"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+
+
 def test_cpu_workers_split_the_cores(monkeypatch):
     import os
 

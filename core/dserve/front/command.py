@@ -49,7 +49,11 @@ def _serve_actions() -> dict[str, argparse.Action]:
 
     parser = argparse.ArgumentParser(add_help=False)
     _add_serve_arguments(parser)
-    return {a.dest: a for a in parser._actions if a.option_strings}
+    actions: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if a.option_strings:
+            actions.setdefault(a.dest, a)  # the first flag of a dest (--enable-apd, not its --disable-apd alias)
+    return actions
 
 
 def worker_argv(settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -68,7 +72,9 @@ def worker_argv(settings: Settings) -> tuple[list[str], dict[str, str]]:
             env[f"DSERVE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
             continue
         flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else action.option_strings[1])
+        elif isinstance(action, argparse._StoreTrueAction):
             if value:
                 argv.append(flag)
         elif isinstance(action, argparse._StoreFalseAction):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from dserve.params import DecodingParams
 
@@ -71,3 +71,26 @@ class FastDLLMParams(DecodingParams):
         if self.threshold is not None:
             return "threshold"
         return "fixed"
+
+
+class APDParams(FastDLLMParams):
+    """Confidence-adaptive parallel decoding (vdiff's `--enable-apd`), on the dual cache.
+
+    Each step commits the leftmost masked positions of the block, in order, while each one's
+    confidence clears `apd_threshold`, at most `apd_max_parallel` of them and at least the first.
+    Left to right is what makes parallel commits safe here: a run of confident neighbours is
+    accepted together, and the first unsure position waits for the next step, which sees the
+    accepted tokens. This is the variant without an auxiliary autoregressive verifier; the
+    published APD (danielmisrael/apd) needs a second, autoregressive model to accept drafts.
+    """
+
+    apd_max_parallel: int = Field(8, ge=1, le=1024, description="most tokens committed per step")
+    apd_threshold: float = Field(
+        0.3, gt=0.0, le=1.0, description="a masked position is committed (left to right) while its confidence is >= this"
+    )
+
+    @model_validator(mode="after")
+    def _own_rule_only(self) -> "APDParams":
+        if self.threshold is not None or self.factor is not None:
+            raise ValueError("apd commits by apd_threshold / apd_max_parallel; threshold and factor do not apply")
+        return self

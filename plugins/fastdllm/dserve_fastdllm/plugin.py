@@ -1,4 +1,4 @@
-"""dserve-fastdllm's registration: the `fastdllm` engine and its three algorithms."""
+"""dserve-fastdllm's registration: the `fastdllm` engine, its three published algorithms and `apd`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def register_engines(register):
                     params=_PARAMS,
                     requires=frozenset({BIDIRECTIONAL, KV_CACHE}),
                     description="K/V of prefix and suffix cached at block start; steps forward only the block",
+                ),
+                AlgorithmSpec(
+                    name="apd",
+                    runner="dserve_fastdllm.runner:APDRunner",
+                    params="dserve_fastdllm.params:APDParams",
+                    requires=frozenset({BIDIRECTIONAL, KV_CACHE}),
+                    description="confidence-adaptive parallel decoding (vdiff's --enable-apd) on the dual cache: "
+                    "commits the leftmost confident run of masks, up to apd_max_parallel per step",
                 ),
             ),
             description="Fast-dLLM (NVlabs/Fast-dLLM llada/generate.py): training-free parallel decoding with KV caches",

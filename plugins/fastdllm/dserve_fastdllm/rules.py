@@ -145,3 +145,16 @@ def transfer_masks(
     k = torch.where(~factor.isnan(), k_factor, torch.where(~threshold.isnan(), k_threshold, k_quota))
     keep = ranks[None, :] < k[:, None]
     return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def leftmost_confident_run(
+    conf: torch.Tensor, masked: torch.Tensor, threshold: torch.Tensor, max_parallel: torch.Tensor
+) -> torch.Tensor:
+    """APD's commit rule for every row: the masked positions of the block, taken left to right
+    while each clears `threshold` [B], at most `max_parallel` [B], and always the first one.
+    conf, masked: [B, n]. Returns [B, n] bool."""
+    rank = masked.long().cumsum(-1) - 1  # index among the row's masked positions
+    unsure = masked & (conf < threshold[:, None].to(conf.dtype))
+    before_first_unsure = unsure.long().cumsum(-1) == 0
+    run = masked & before_first_unsure & (rank < max_parallel[:, None])
+    return run | (masked & (rank == 0))

@@ -35,7 +35,8 @@ from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
 from dserve.modeling.cache_pool import CachePool
 from dserve_fastdllm.params import FastDLLMParams
-from dserve_fastdllm.rules import predict, predict_rows, transfer_mask, transfer_masks
+from dserve_fastdllm.params import APDParams
+from dserve_fastdllm.rules import leftmost_confident_run, predict, predict_rows, transfer_masks
 
 
 @dataclass
@@ -184,20 +185,23 @@ class BasicRunner(AlgorithmRunner):
             generators=[st.generator for st in states],
         )
         conf = conf.masked_fill(~masked, -float("inf"))
-        nan = float("nan")
-        per_row = torch.tensor(
-            [[st.masks_left, st.masks_left if self._quota(st) is None else self._quota(st),
-              s.params.threshold if s.params.threshold is not None else nan,
-              s.params.factor if s.params.factor is not None else nan] for s, st in zip(seqs, states)],
-            dtype=torch.float64,
-        )
-        per_row = per_row.pin_memory().to(logits.device, non_blocking=True) if logits.is_cuda else per_row
-        n, quota = per_row[:, 0].long(), per_row[:, 1].long()
-        transfer = transfer_masks(conf, n, quota=quota, threshold=per_row[:, 2], factor=per_row[:, 3]) & masked
+        transfer = self._rule_mask(conf, masked, seqs) & masked
         updated = torch.where(transfer, x0, blocks)
         for r, st in enumerate(states):
             st.canvas[slice(*st.block_range)] = updated[r]
         return transfer, x0
+
+    def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Which positions each row commits [B, n], from its confidences (-inf where not masked)."""
+        nan = float("nan")
+        per_row = [
+            [st.masks_left, st.masks_left if self._quota(st) is None else self._quota(st),
+             s.params.threshold if s.params.threshold is not None else nan,
+             s.params.factor if s.params.factor is not None else nan]
+            for s, st in ((s, s.engine_state) for s in seqs)
+        ]
+        n, quota, threshold, factor = _upload_rows(conf.device, per_row)
+        return transfer_masks(conf, n.long(), quota=quota.long(), threshold=threshold, factor=factor)
 
     def _pick_each(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row by row (block lengths or remasking modes differ): transfer, x0 [B, widest]."""
@@ -214,11 +218,18 @@ class BasicRunner(AlgorithmRunner):
                 logits[r, : e - s], temperature=p.temperature, remasking=p.remasking, mask_id=mask_id, generator=st.generator
             )
             conf = conf.masked_fill(~masked, -float("inf"))
-            transfer = transfer_mask(conf, st.masks_left, quota=self._quota(st), threshold=p.threshold, factor=p.factor)
-            transfer &= masked
+            transfer = self._rule_mask(conf[None], masked[None], [seq])[0] & masked
             st.canvas[s:e] = torch.where(transfer, x0, block)
             transfers[r, : e - s], x0s[r, : e - s] = transfer, x0
         return transfers, x0s
+
+
+def _upload_rows(device: torch.device, rows: list[list[float]]) -> torch.Tensor:
+    """Per-row numbers [B, k] as float64 columns on the device (one pinned upload)."""
+    table = torch.tensor(rows, dtype=torch.float64)
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    return table.T
 
 
 def _upload(device: torch.device, *rows: list) -> tuple[torch.Tensor, ...]:
@@ -283,3 +294,12 @@ class DualCacheRunner(_CachedRunner):
 
     def _cached_span(self, st: _State) -> tuple[int, int]:
         return st.block_range
+
+
+class APDRunner(DualCacheRunner):
+    """`apd`: the dual cache with the confidence-adaptive left-to-right rule (params.APDParams)."""
+
+    def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        params: list[APDParams] = [s.params for s in seqs]
+        threshold, max_parallel = _upload_rows(conf.device, [[p.apd_threshold, p.apd_max_parallel] for p in params])
+        return leftmost_confident_run(conf, masked, threshold, max_parallel.long())
