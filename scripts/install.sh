@@ -12,4 +12,4 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
 fi
 extras=""
 if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
-"$PYTHON" -m pip install --quiet -e ".${extras}" -e plugins/llada -e plugins/fastdllm -e plugins/dinfer
+"$PYTHON" -m pip install --quiet -e ".${extras}" -e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron

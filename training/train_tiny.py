@@ -29,12 +29,12 @@ import random
 import sys
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO / "core", REPO / "plugins" / "llada"):
+for _p in (REPO / "core", REPO / "plugins" / "llada", REPO / "plugins" / "dream", REPO / "training"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -81,6 +81,34 @@ CHAT_TEMPLATE = (
 )
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """A family's special tokens (ids 256.. in order), chat template and the fixed token runs
+    around a one-turn user prompt (for the Jinja-free fast path)."""
+
+    special_tokens: tuple[str, ...]
+    bos: str
+    eos: str  # also pad; fills the canvas after the answer
+    eot: str  # end of turn, right after the answer
+    mask: str
+    template: str
+    prefix: Callable[[dict[str, int]], list[int]]  # special-token ids -> ids before the prompt text
+    suffix: Callable[[dict[str, int]], list[int]]
+    tokenizer_config: dict = field(default_factory=dict)  # extra tokenizer_config.json entries
+
+
+LLADA_CHAT = ChatFormat(
+    special_tokens=SPECIAL_TOKENS,
+    bos=BOS,
+    eos=EOS,
+    eot=EOT,
+    mask=MASK,
+    template=CHAT_TEMPLATE,
+    prefix=lambda ids: [ids[BOS], ids[SOH], *b"user", ids[EOH], *b"\n\n"],
+    suffix=lambda ids: [ids[EOT], ids[SOH], *b"assistant", ids[EOH], *b"\n\n"],
+)
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable unicode map (what tokenizers' ByteLevel uses)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -94,7 +122,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def write_tokenizer(out: Path) -> None:
+def write_tokenizer(out: Path, chat: ChatFormat = LLADA_CHAT) -> None:
     """tokenizer.json, tokenizer_config.json (with the chat template), special_tokens_map.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -103,7 +131,7 @@ def write_tokenizer(out: Path) -> None:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(list(chat.special_tokens))
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     added = {
@@ -115,23 +143,24 @@ def write_tokenizer(out: Path) -> None:
             "single_word": False,
             "special": True,
         }
-        for i, t in enumerate(SPECIAL_TOKENS)
+        for i, t in enumerate(chat.special_tokens)
     }
-    extra = [SOH, EOH, EOT, MASK]
+    extra = [t for t in chat.special_tokens if t not in (chat.bos, chat.eos)]
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": added,
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "pad_token": EOS,
+        "bos_token": chat.bos,
+        "eos_token": chat.eos,
+        "pad_token": chat.eos,
         "additional_special_tokens": extra,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 512,
         "padding_side": "left",
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat.template,
+        **chat.tokenizer_config,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    special_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "additional_special_tokens": extra}
+    special_map = {"bos_token": chat.bos, "eos_token": chat.eos, "pad_token": chat.eos, "additional_special_tokens": extra}
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
 
 
@@ -154,10 +183,9 @@ class FastPrompts:
     """The same ids as `prompt_ids` without Jinja (byte-level: a prompt's ids are its UTF-8 bytes
     between a fixed prefix and suffix); checked against the tokenizer on construction."""
 
-    def __init__(self, tok, check: list[str]):
-        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-        self.prefix = [ids[BOS], ids[SOH], *b"user", ids[EOH], *b"\n\n"]
-        self.suffix = [ids[EOT], ids[SOH], *b"assistant", ids[EOH], *b"\n\n"]
+    def __init__(self, tok, check: list[str], chat: ChatFormat = LLADA_CHAT):
+        ids = {t: tok.convert_tokens_to_ids(t) for t in chat.special_tokens}
+        self.prefix, self.suffix = chat.prefix(ids), chat.suffix(ids)
         if self(check) != prompt_ids(tok, check):
             raise AssertionError("fast prompt encoding disagrees with the chat template + tokenizer")
 
@@ -178,6 +206,9 @@ class Arch:
     build: Callable[[dict], torch.nn.Module]  # a freshly initialised model from config.json
     runner: Callable[[torch.nn.Module, int], Any]  # an AlgorithmRunner for evaluation
     eval_params: Callable[[int], Any]  # decoding params: one token per step, temperature 0
+    chat: ChatFormat = LLADA_CHAT
+    load: Callable[..., Any] | None = None  # (path, dtype=, device=) -> model, for --eval-only (None: LLaDA's)
+    loss: Callable[..., Any] | None = None  # training objective, diffusion_loss's signature (None: diffusion_loss)
 
 
 def _llada_config(args: argparse.Namespace, tok) -> dict:
@@ -255,8 +286,18 @@ def _llada_eval_params(gen_length: int):
 
 ARCHS: dict[str, Arch] = {
     "llada": Arch(_llada_config, _llada_build, _llada_runner, _llada_eval_params),
-    # later: "dream" (shifted logits), "block_causal" (Nemotron / Fast-dLLM v2 style masks)
+    # later: "block_causal" (Nemotron / Fast-dLLM v2 style masks)
 }
+
+import arch_dream  # noqa: E402  (Dream: shifted logits, ChatML; training/arch_dream.py)
+
+ARCHS["dream"] = Arch(arch_dream.config, arch_dream.build, arch_dream.runner, arch_dream.eval_params,
+                      chat=ChatFormat(**arch_dream.CHAT), load=arch_dream.load)
+
+import arch_nemotron  # noqa: E402  (block-causal Nemotron-Labs format; training/arch_nemotron.py)
+
+ARCHS["nemotron"] = Arch(arch_nemotron.config, arch_nemotron.build, arch_nemotron.runner, arch_nemotron.eval_params,
+                         chat=arch_nemotron.chat_format(ChatFormat), load=arch_nemotron.load, loss=arch_nemotron.loss)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,14 +313,14 @@ class Batcher:
     so right padding (hidden from attention, no loss) wastes little compute.
     """
 
-    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8):
+    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8, chat: ChatFormat = LLADA_CHAT):
         self.tok, self.batch_size, self.max_response, self.pool = tok, batch_size, max_response, pool
         self.examples = iter_examples(seed, "train")
         self.rng = random.Random(f"batcher:{seed}")
-        self.eos, self.eot = tok.convert_tokens_to_ids(EOS), tok.convert_tokens_to_ids(EOT)
+        self.eos, self.eot = tok.convert_tokens_to_ids(chat.eos), tok.convert_tokens_to_ids(chat.eot)
         self.queue: list[list[tuple[list[int], list[int]]]] = []
         self.tokens = 0  # non-pad tokens served so far
-        self.encode = FastPrompts(tok, [e.prompt for e in generate_examples(500, seed=seed + 99)])
+        self.encode = FastPrompts(tok, [e.prompt for e in generate_examples(500, seed=seed + 99)], chat)
 
     def _refill(self) -> None:
         exs = [next(self.examples) for _ in range(self.batch_size * self.pool)]
@@ -364,9 +405,9 @@ def generate(arch: Arch, model, tok, prompts: list[str], gen_length: int, batch_
     return outputs, nfe
 
 
-def cut_answer(tok, canvas: list[int]) -> tuple[str, bool]:
-    """Text before the first <|eot_id|>/<|endoftext|>; clean = a stop exists and only EOS follows it."""
-    eot, eos = tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(EOS)
+def cut_answer(tok, canvas: list[int], chat: ChatFormat = LLADA_CHAT) -> tuple[str, bool]:
+    """Text before the first end-of-turn/EOS; clean = a stop exists and only EOS follows it."""
+    eot, eos = tok.convert_tokens_to_ids(chat.eot), tok.convert_tokens_to_ids(chat.eos)
     stop = next((i for i, x in enumerate(canvas) if x in (eot, eos)), None)
     if stop is None:
         return tok.decode(canvas, skip_special_tokens=True), False
@@ -380,14 +421,14 @@ def evaluate(arch: Arch, model, tok, examples: list[Example], gen_length: int, b
     per_kind: dict[str, list[int]] = {k: [0, 0] for k in KINDS}
     correct = clean = 0
     for e, c in zip(examples, canvases):
-        text, ok_end = cut_answer(tok, c)
+        text, ok_end = cut_answer(tok, c, arch.chat)
         ok = is_correct(e, text)
         correct += ok
         clean += ok_end
         per_kind[e.kind][0] += ok
         per_kind[e.kind][1] += 1
     for e, c in list(zip(examples, canvases))[:show]:
-        text, ok_end = cut_answer(tok, c)
+        text, ok_end = cut_answer(tok, c, arch.chat)
         print(f"  [{e.kind}] {e.prompt!r} -> {text!r} (want {e.answer!r}){'' if ok_end else ' UNCLEAN'}")
     return {
         "n": len(examples),
@@ -495,7 +536,7 @@ def eval_only(args) -> int:
     """Evaluate an existing checkpoint directory (--out) as the server loads it."""
     from dserve_llada.model import load_llada
 
-    model = load_llada(args.out, dtype=torch.float32, device=args.device)
+    model = (ARCHS[args.arch].load or load_llada)(args.out, dtype=torch.float32, device=args.device)
     report = final_evaluation(ARCHS[args.arch], model, model.tokenizer, args)
     print(json.dumps(report, indent=2))
     return 0
@@ -514,7 +555,7 @@ def main(argv=None) -> int:
         return eval_only(args)
 
     out: Path = args.out
-    write_tokenizer(out)
+    write_tokenizer(out, arch.chat)
     tok = load_tokenizer(out)
     config = arch.config(args, tok)
     model = arch.build(config).to(device)
@@ -527,7 +568,9 @@ def main(argv=None) -> int:
     mask_id = config["mask_token_id"]
     print(f"arch={args.arch} params={n_params:,} ({n_params * 4 / 1e6:.1f} MB fp32) device={device} "
           f"torch={torch.__version__} vocab={config['vocab_size']}", flush=True)
-    print("config:", json.dumps({k: config[k] for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size")}), flush=True)
+    sizes = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "hidden_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    print("config:", json.dumps({k: config[k] for k in sizes if k in config}), flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -537,7 +580,7 @@ def main(argv=None) -> int:
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
-    batcher = Batcher(tok, args.seed, args.batch_size, args.max_response)
+    batcher = Batcher(tok, args.seed, args.batch_size, args.max_response, chat=arch.chat)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     quick = generate_examples(args.quick_eval_samples, seed=args.eval_seed + 1, split="heldout")
@@ -552,7 +595,7 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         ids, resp, valid, lengths = batcher.next(device)
-        loss = diffusion_loss(model, ids, resp, valid, lengths, mask_id, gen)
+        loss = (arch.loss or diffusion_loss)(model, ids, resp, valid, lengths, mask_id, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,60 @@
+"""Nemotron autoregressive decoding (the published `ar_generate`) as a step-wise runner.
+
+The first step encodes the prompt causally into the sequence's cache row and takes the next
+token from its last logit; every later step forwards the last token causally over the cache
+(writing its K/V) and takes the next one. The sequence ends at a stop token or after
+`max_tokens` tokens. Rows of any prompt length share a step (prefills in one forward, single
+tokens in another).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dserve.engine import StepResult
+from dserve.sampling import make_generator
+from dserve.sequence import Sequence
+from dserve_nemotron.cached_forward import RowInput
+from dserve_nemotron.runner_base import CachedRunner, sample
+
+
+@dataclass
+class _State:
+    prompt: torch.Tensor
+    generator: torch.Generator
+    cache_row: int | None
+    generated: int = 0
+    last: torch.Tensor | None = None  # [1]: the newest token, not yet in the cache
+
+
+class AutoregressiveRunner(CachedRunner):
+    def init_state(self, seq: Sequence) -> _State:
+        device = self.model.device
+        prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row())
+
+    def _row(self, seq: Sequence) -> RowInput:
+        st: _State = seq.engine_state
+        if st.generated == 0:
+            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False)
+        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False)
+
+    @torch.inference_mode()
+    def step(self) -> list[StepResult]:
+        seqs = list(self.sequences)
+        logits: dict[int, torch.Tensor] = {}
+        for group in ([s for s in seqs if s.engine_state.generated == 0], [s for s in seqs if s.engine_state.generated]):
+            logits.update({s.seq_id: l for s, l in zip(group, self.forward([self._row(s) for s in group]))})
+        results = []
+        for seq in seqs:
+            st: _State = seq.engine_state
+            token = sample(logits[seq.seq_id], seq.params.temperature, st.generator)
+            st.last = token.reshape(1)
+            t = int(token)
+            offset = st.generated
+            st.generated += 1
+            finished = self.is_stop(seq, t) or st.generated >= seq.gen_length
+            results.append(StepResult(seq, [(offset, t)], finished=finished, nfe=1))
+        return results

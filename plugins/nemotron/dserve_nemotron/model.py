@@ -1,0 +1,162 @@
+"""NVIDIA's diffusion LMs (Nemotron-Labs-Diffusion and its older names; the Qwen3-based research
+variant) with their published parameter names.
+
+Module attributes mirror the checkpoint (`encoder.layers.{i}.self_attn.q_proj.weight`, ...,
+`diffusion_head.weight`), so weights load by name with no mapping table and no remote code.
+
+One set of weights serves every decoding mode; only the attention pattern changes, and the
+caller chooses it per query with `attention_mask` [B, T, Lk] (the engine's masks.py builds
+causal, bidirectional and block-causal masks). Without a mask every query sees every key
+(bidirectional). Logits come from `diffusion_head` in every mode: under a bidirectional pattern
+position i's logits predict token i itself (no shift, LLaDA-style); under a causal pattern they
+predict token i + 1 (next token), which is how the published `ar` and `linear_spec` loops read them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.layers import RMSNorm, attention, swiglu
+from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
+from dserve.modeling.tokenizer import load_tokenizer
+from dserve.registry import BLOCK_CAUSAL, KV_CACHE
+from dserve_nemotron.config import NemotronConfig
+from dserve_nemotron.rope import build_rotary
+
+
+class NemotronAttention(nn.Module):
+    def __init__(self, cfg: NemotronConfig):
+        super().__init__()
+        h, hd = cfg.hidden_size, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.q_proj = nn.Linear(h, cfg.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(h, cfg.num_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(h, cfg.num_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, h, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x, rotary, cos, sin, q_scale, positions, attention_mask, cache):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary.apply(q.transpose(1, 2), cos, sin), rotary.apply(k.transpose(1, 2), cos, sin)
+        if q_scale is not None:  # Llama-4 position-dependent query scaling, after RoPE
+            q = q * q_scale.to(q.dtype)
+        a = attention(q, k, v, positions, attention_mask, cache)
+        return self.o_proj(a.transpose(1, 2).reshape(B, T, -1))
+
+
+class NemotronLayer(nn.Module):
+    def __init__(self, cfg: NemotronConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = NemotronAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.mlp.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.mlp.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x, rotary, cos, sin, q_scale, positions, attention_mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, q_scale, positions, attention_mask, cache)
+        m = self.mlp
+        return x + swiglu(self.post_attention_layernorm(x), m.gate_proj, m.up_proj, m.down_proj)
+
+
+class NemotronDiffusionModel(DiffusionModel):
+    def __init__(self, cfg: NemotronConfig, family: str = "nemotron"):
+        super().__init__()
+        self.cfg = cfg
+        self.num_layers, self.num_kv_heads, self.head_dim = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+        self.encoder = nn.Module()
+        self.encoder.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.encoder.layers = nn.ModuleList(NemotronLayer(cfg) for _ in range(cfg.num_layers))
+        self.encoder.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.diffusion_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)  # untied
+        self.rotary = build_rotary(cfg)
+        # the published decoding encodes the prompt causally (Nemotron-Labs) or not (research)
+        self.causal_prefix = cfg.causal_prefix
+        self.info = ModelInfo(
+            family=family,
+            mask_id=cfg.mask_token_id,
+            eos_id=cfg.eos_token_ids[0],
+            stop_ids=cfg.eos_token_ids,
+            vocab_size=cfg.vocab_size,
+            max_length=cfg.max_position_embeddings,
+            capabilities=frozenset({BLOCK_CAUSAL, KV_CACHE}),
+        )
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def _q_scale(self, positions: torch.Tensor) -> torch.Tensor | None:
+        beta, original_max = self.cfg.llama4_beta, self.cfg.llama4_original_max
+        if beta is None or original_max is None:
+            return None
+        scale = 1 + beta * torch.log(1 + torch.floor(positions / original_max))
+        return scale[:, None, :, None]
+
+    def forward(
+        self, input_ids=None, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None,
+        logits_index=None, inputs_embeds=None,
+    ):
+        x = self.encoder.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        if positions is None:
+            positions = torch.arange(T, device=x.device).expand(B, T)
+        cos, sin = self.rotary.cos_sin(positions)
+        q_scale = self._q_scale(positions)
+        for i, layer in enumerate(self.encoder.layers):
+            x = layer(x, self.rotary, cos, sin, q_scale, positions, attention_mask, kv_cache[i] if kv_cache else None)
+        if logits_index is not None:
+            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
+        return self.diffusion_head(self.encoder.norm(x))
+
+
+def load_nemotron(
+    path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    load_format: str = "auto",
+) -> NemotronDiffusionModel:
+    """Load a Nemotron diffusion checkpoint directory by parameter name (no remote code).
+
+    load_format "dummy": random weights in the config's shape (only config.json is read)."""
+    path = resolve_checkpoint_dir(path)
+    raw = read_config(path)
+    cfg = NemotronConfig.from_dict(raw)
+    dtype = resolve_dtype(dtype, raw, device)
+    if load_format == "dummy":
+        model = random_nemotron(cfg, dtype=dtype, device=device)
+    else:
+        with torch.device("meta"):
+            model = NemotronDiffusionModel(cfg)
+        model.rotary = build_rotary(cfg, device)
+        load_weights(model, path, dtype=dtype, device=device)
+        model.eval().requires_grad_(False)
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        model.tokenizer = load_tokenizer(path)
+    return model
+
+
+def random_nemotron(cfg: NemotronConfig, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> NemotronDiffusionModel:
+    """A model with random weights in a real shape (benchmarks, `--load-format dummy`)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = NemotronDiffusionModel(cfg).to(dtype)
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                nn.init.normal_(p, std=0.02)
+    model.rotary = build_rotary(cfg, device)  # keep inv_freq in float32
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,39 @@
+"""Quality gates of the tiny Dream and Nemotron checkpoints the plugins ship: a small held-out
+sample through a real server on each, scored by the `dserve eval` harness, with the family's
+default engine chosen automatically (no --engine). The full recorded runs are in docs/quality.md."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from dserve.evaluation import generate_examples
+from dserve.evaluation.harness import evaluate
+from dserve_dream import TINY_MODEL_DIR as DREAM_DIR
+from dserve_nemotron import TINY_MODEL_DIR as NEMOTRON_DIR
+from e2e.server import ServerProcess
+
+SAMPLE = 40
+
+
+@pytest.fixture(scope="module", params=["dream", "nemotron"])
+def family_server(request):
+    path = {"dream": DREAM_DIR, "nemotron": NEMOTRON_DIR}[request.param]
+    srv = ServerProcess("--model", str(path), "--max-batch-size", "16")
+    yield request.param, srv
+    srv.stop()
+
+
+def test_default_engine_keeps_quality(family_server):
+    family, server = family_server
+    stats = httpx.get(server.url + "/v1/engine/stats").json()
+    expected = {"dream": ("dream", "entropy"), "nemotron": ("nemotron", "block_diffusion")}[family]
+    assert (stats["family"], stats["default_engine"], stats["default_algorithm"]) == (family, *expected)
+    examples = generate_examples(SAMPLE, seed=2026, split="heldout")
+    model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    # no engine or algorithm in the requests: the family's default serves them
+    result = asyncio.run(evaluate(server.url, None, {}, examples, concurrency=8, repeat_check=4, model=model_id))
+    assert result["errors"] == 0
+    assert result["accuracy"] >= 0.90, result["failures"]
+    assert result["trailing_garbage"] == 0.0
+    assert result["repeat_check"]["identical"] == result["repeat_check"]["n"]
