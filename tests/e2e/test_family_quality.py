@@ -37,3 +37,32 @@ def test_default_engine_keeps_quality(family_server):
     assert result["accuracy"] >= 0.90, result["failures"]
     assert result["trailing_garbage"] == 0.0
     assert result["repeat_check"]["identical"] == result["repeat_check"]["n"]
+
+
+def test_streamed_text_equals_the_whole_answer_in_a_batch(family_server):
+    """Streaming while batched on the family's own engine: concurrent requests, each stream
+    concatenates to the non-streamed answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    _, server = family_server
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    model_id = client.models.list().data[0].id
+    prompts = ["Reverse the word: planet", "Sort these numbers: 5 2 9 1", "What is 37 plus 5?", "Swap the two words: red car"]
+
+    def whole(p):
+        r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": p}], max_tokens=48, temperature=0)
+        return r.choices[0].message.content
+
+    def streamed(p):
+        chunks = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": p}], max_tokens=48, temperature=0, stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        wholes = list(pool.map(whole, prompts))
+        streams = list(pool.map(streamed, prompts))
+    assert streams == wholes
+    assert wholes[0] == "tenalp" and wholes[2] == "42"

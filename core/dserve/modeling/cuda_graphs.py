@@ -131,7 +131,8 @@ class GraphedModel:
             call()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: HTTP-side CUDA queries (memory metrics) on other threads must not void the capture
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = call()
         if kv_cache is not None:
             kv_cache.use_rows(rows)
