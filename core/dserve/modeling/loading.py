@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -102,3 +103,49 @@ def _assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
     owner_name, _, attr = name.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
+
+
+def randomize(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Random weights in the model's real shape (benchmarks, `--load-format dummy`): N(0, std)
+    for every parameter except norm gains, which stay 1. Returns the model, in eval mode."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith(("norm.weight", "ln_f.weight")):
+                p.normal_(0.0, std, generator=generator)
+    return model.eval().requires_grad_(False)
+
+
+def load_native(
+    path: str | os.PathLike,
+    *,
+    config_from_dict: Callable[[dict], Any],
+    build: Callable[[Any], nn.Module],
+    random: Callable[..., nn.Module],
+    on_device: Callable[[nn.Module, Any, Any], None] | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    load_format: str = "auto",
+) -> tuple[nn.Module, Any, Path]:
+    """What every model plugin's loader does: read config.json, then either random weights in
+    its shape (`load_format="dummy"`: `random(cfg, dtype=, device=)`) or `build(cfg)` on the meta
+    device with the checkpoint's tensors assigned by parameter name. `on_device(model, cfg,
+    device)` recreates what is not in the checkpoint (non-persistent buffers such as RoPE
+    frequencies, which the meta device leaves empty). Returns (model in eval mode, cfg, path);
+    the caller adds its tokenizer."""
+    path = resolve_checkpoint_dir(path)
+    raw = read_config(path)
+    cfg = config_from_dict(raw)
+    dtype = resolve_dtype(dtype, raw, device)
+    if load_format == "dummy":
+        return random(cfg, dtype=dtype, device=device), cfg, path
+    with torch.device("meta"):
+        model = build(cfg)
+    if on_device is not None:
+        on_device(model, cfg, device)
+    load_weights(model, path, dtype=dtype, device=device)
+    return model.eval().requires_grad_(False), cfg, path
+
+
+def has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()

@@ -23,7 +23,7 @@ from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
-from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
+from dserve.modeling.loading import load_native, randomize
 from dserve.registry import BIDIRECTIONAL, KV_CACHE
 from dserve_dream.config import DreamConfig
 from dserve_dream.hidden_cache import HiddenStateKVCache
@@ -150,21 +150,18 @@ def load_dream(
     """Load a Dream checkpoint directory (config.json, safetensors, tokenizer) by parameter name.
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    path = resolve_checkpoint_dir(path)
-    raw = read_config(path)
-    cfg = DreamConfig.from_dict(raw)
-    dtype = resolve_dtype(dtype, raw, device)
-    if load_format == "dummy":
-        model = random_dream(cfg, dtype=dtype, device=device)
-    else:
-        with torch.device("meta"):
-            model = DreamModel(cfg)
-        model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=False).to(device)
-        load_weights(model, path, dtype=dtype, device=device)
-        model.eval().requires_grad_(False)
+    model, _, path = load_native(
+        path, config_from_dict=DreamConfig.from_dict, build=DreamModel, random=random_dream, on_device=_rotary_on,
+        dtype=dtype, device=device, load_format=load_format,
+    )
     model.tokenizer = load_dream_tokenizer(path)
     _add_end_of_turn(model)
     return model
+
+
+def _rotary_on(model: DreamModel, cfg: DreamConfig, device) -> None:
+    """RoPE frequencies are not in the checkpoint: float32 on the device (cast down when used)."""
+    model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=False).to(device)
 
 
 def _add_end_of_turn(model: DreamModel) -> None:
@@ -179,10 +176,7 @@ def _add_end_of_turn(model: DreamModel) -> None:
 
 def random_dream(cfg: DreamConfig, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> DreamModel:
     """A Dream model with random weights in a real shape (benchmarks, tests)."""
-    torch.manual_seed(seed)
     with torch.device(device):
         model = DreamModel(cfg).to(dtype)
-        for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                nn.init.normal_(p, std=0.02)
-    return model.eval().requires_grad_(False)
+    _rotary_on(model, cfg, device)
+    return randomize(model, seed=seed)

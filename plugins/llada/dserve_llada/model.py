@@ -14,7 +14,7 @@ from torch import nn
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
 from dserve.modeling.fused import fuse_linears
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
-from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
+from dserve.modeling.loading import has_tokenizer, load_native, randomize
 from dserve.modeling.tokenizer import load_tokenizer
 from dserve.registry import BIDIRECTIONAL, INPUTS_EMBEDS, KV_CACHE
 from dserve_llada.config import LLaDAConfig
@@ -128,33 +128,27 @@ def load_llada(
     """Load a LLaDA checkpoint directory (config.json, safetensors, tokenizer) by parameter name.
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    path = resolve_checkpoint_dir(path)
-    raw = read_config(path)
-    cfg = LLaDAConfig.from_dict(raw)
-    dtype = resolve_dtype(dtype, raw, device)
-    if load_format == "dummy":
-        model = random_llada(cfg, dtype=dtype, device=device)
-    else:
-        with torch.device("meta"):
-            model = LLaDAModel(cfg)
-        model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
-        load_weights(model, path, dtype=dtype, device=device)
-        model.eval().requires_grad_(False)
+    model, _, path = load_native(
+        path, config_from_dict=LLaDAConfig.from_dict, build=LLaDAModel, random=random_llada, on_device=_rotary_on,
+        dtype=dtype, device=device, load_format=load_format,
+    )
+    if load_format != "dummy":
         model.fuse_projections()
-    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+    if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
 
 
+def _rotary_on(model: LLaDAModel, cfg: LLaDAConfig, device) -> None:
+    """RoPE frequencies are not in the checkpoint: build them on the device, in float32."""
+    model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
+
+
 def random_llada(cfg: LLaDAConfig, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> LLaDAModel:
     """A LLaDA model with random weights in a real shape (for GPU benchmarks)."""
-    torch.manual_seed(seed)
     with torch.device(device):
         model = LLaDAModel(cfg).to(dtype)
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                continue
-            nn.init.normal_(p, std=0.02)
-    model.eval().requires_grad_(False)
+    _rotary_on(model, cfg, device)
+    randomize(model, seed=seed)
     model.fuse_projections()
     return model

@@ -21,7 +21,7 @@ from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
 from dserve.modeling.layers import RMSNorm, attention, swiglu
-from dserve.modeling.loading import load_weights, read_config, resolve_checkpoint_dir, resolve_dtype
+from dserve.modeling.loading import has_tokenizer, load_native, randomize
 from dserve.modeling.tokenizer import load_tokenizer
 from dserve.registry import BLOCK_CAUSAL, KV_CACHE
 from dserve_nemotron.config import NemotronConfig
@@ -133,30 +133,23 @@ def load_nemotron(
     """Load a Nemotron diffusion checkpoint directory by parameter name (no remote code).
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    path = resolve_checkpoint_dir(path)
-    raw = read_config(path)
-    cfg = NemotronConfig.from_dict(raw)
-    dtype = resolve_dtype(dtype, raw, device)
-    if load_format == "dummy":
-        model = random_nemotron(cfg, dtype=dtype, device=device)
-    else:
-        with torch.device("meta"):
-            model = NemotronDiffusionModel(cfg)
-        model.rotary = build_rotary(cfg, device)
-        load_weights(model, path, dtype=dtype, device=device)
-        model.eval().requires_grad_(False)
-    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+    model, _, path = load_native(
+        path, config_from_dict=NemotronConfig.from_dict, build=NemotronDiffusionModel, random=random_nemotron,
+        on_device=_rotary_on, dtype=dtype, device=device, load_format=load_format,
+    )
+    if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
 
 
+def _rotary_on(model: NemotronDiffusionModel, cfg: NemotronConfig, device) -> None:
+    """YaRN frequencies are not in the checkpoint: float32 on the device."""
+    model.rotary = build_rotary(cfg, device)
+
+
 def random_nemotron(cfg: NemotronConfig, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> NemotronDiffusionModel:
     """A model with random weights in a real shape (benchmarks, `--load-format dummy`)."""
-    torch.manual_seed(seed)
     with torch.device(device):
         model = NemotronDiffusionModel(cfg).to(dtype)
-        for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                nn.init.normal_(p, std=0.02)
-    model.rotary = build_rotary(cfg, device)  # keep inv_freq in float32
-    return model.eval().requires_grad_(False)
+    _rotary_on(model, cfg, device)
+    return randomize(model, seed=seed)
