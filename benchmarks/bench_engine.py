@@ -3,8 +3,9 @@
     python benchmarks/bench_engine.py --batch 1 8 32 --tokens-per-step 1 4 --json out.json \
         [--published-dir DIR]
 
-Builds LLaDA-8B (32 layers, d_model 4096) with random bf16 weights on the GPU and times each
-algorithm at each batch size with a fixed schedule of k tokens per step (steps = gen / k),
+Builds a published shape (default LLaDA-8B: 32 layers, d_model 4096; `--shape` names any directory
+of benchmarks/shapes, e.g. nemotron-labs-diffusion-8b) with random bf16 weights on the GPU through
+the family's loader, and times each algorithm that can run on it at each batch size with a fixed schedule of k tokens per step (steps = gen / k),
 prompt 128, generation 256, block 32, every canvas decoded to the end (no early exit).
 Reports tokens/s (batch x gen / wall time), ms per step and peak memory, as a table and JSON.
 Each cell runs once to warm up (allocations, kernels, graphs), then once timed.
@@ -28,14 +29,31 @@ from typing import Callable
 
 import torch
 
-SHAPES = {
-    "llada-8b": dict(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288, vocab_size=126464,
-                     embedding_size=126464, max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336,
-                     eos_token_id=126081),
-    "llada-small": dict(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=16, mlp_hidden_size=2816, vocab_size=32000,
-                        embedding_size=32000, max_sequence_length=4096, rope_theta=500000.0, mask_token_id=31999,
-                        eos_token_id=31998),
-}
+SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
+
+
+def shape_dir(shape: str) -> Path:
+    """A shape name under benchmarks/shapes, or a directory holding a config.json."""
+    path = SHAPES_DIR / shape if (SHAPES_DIR / shape / "config.json").exists() else Path(shape)
+    if not (path / "config.json").exists():
+        known = sorted(p.name for p in SHAPES_DIR.iterdir() if (p / "config.json").exists())
+        raise SystemExit(f"no config.json for shape {shape!r}; known shapes: {known}")
+    return path
+
+
+def build_model(shape: str, device: str):
+    """Random bf16 weights in the shape, through the model family's own loader (as
+    `dserve --load-format dummy` does). Returns (model, config dict)."""
+    from dserve.plugins import get_registry
+    from dserve.registry import import_string
+
+    path = shape_dir(shape)
+    config = json.loads((path / "config.json").read_text())
+    spec = get_registry().model_for_architectures(config.get("architectures") or [])
+    if spec is None:
+        raise SystemExit(f"no installed plugin serves {config.get('architectures')}")
+    model = import_string(spec.loader)(path, dtype="bfloat16", device=device, load_format="dummy")
+    return model, config
 
 
 @dataclass
@@ -94,7 +112,7 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
     def run() -> int:
         runner = runner_cls(model, max_batch_size=len(prompts))
         for p in prompts:
-            runner.admit(Sequence(p, gen, params))
+            runner.admit(Sequence(p, gen, params, ignore_eos=True))  # every canvas decodes to the end
         steps = 0
         while runner.sequences:
             steps += 1
@@ -104,6 +122,16 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
         return steps
 
     return run
+
+
+def random_prompts(model, batch: int, length: int) -> list[list[int]]:
+    """Ordinary token ids (not mask, EOS or end of turn), seeded by the batch size."""
+    info = model.info
+    special = {info.mask_id, *info.stop_ids}
+    low, high = (1000, min(info.vocab_size, 30000)) if info.vocab_size > 2000 else (0, min(special))
+    ids = torch.randint(low, high, (batch, length), generator=torch.Generator().manual_seed(batch))
+    assert not any(i in special for i in ids.flatten().tolist())
+    return ids.tolist()
 
 
 class PublishedLoops:
@@ -167,7 +195,8 @@ def format_table(cells: list[Cell]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="llada-8b", help="a directory under benchmarks/shapes (llada-8b, "
+                   "nemotron-labs-diffusion-8b, dream-7b, llada-small) or any directory with a config.json")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 4])
     p.add_argument("--prompt", type=int, default=128)
@@ -184,11 +213,8 @@ def main(argv=None) -> int:
     EAGER = args.enforce_eager
 
     from dserve.plugins import get_registry
-    from dserve_llada.config import LLaDAConfig
-    from dserve_llada.model import random_llada
 
-    shape = SHAPES[args.shape]
-    model = random_llada(LLaDAConfig.from_dict(shape), dtype=torch.bfloat16, device=args.device)
+    model, shape = build_model(args.shape, args.device)
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
@@ -202,8 +228,7 @@ def main(argv=None) -> int:
           flush=True)
     cells = []
     for batch in args.batch:
-        prompts = torch.randint(0, 100000 if args.shape == "llada-8b" else 30000, (batch, args.prompt),
-                                generator=torch.Generator().manual_seed(batch)).tolist()
+        prompts = random_prompts(model, batch, args.prompt)
         for k in args.tokens_per_step:
             for engine, alg in algorithms:
                 cell = measure(Cell(f"{engine.name}/{alg.name}", batch, k), ours(model, engine, alg, prompts, args.gen, args.block, k), args.gen)

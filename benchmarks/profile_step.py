@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import SHAPES, ours  # noqa: E402
+from bench_engine import build_model, ours, random_prompts  # noqa: E402
 
 
 def _device_time(evt) -> float:
@@ -53,7 +53,7 @@ def forward_ms(model, batch: int, tokens: int, capacity: int, repeats: int = 20)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="llada-8b", help="a directory under benchmarks/shapes or with a config.json")
     p.add_argument("--algorithm", nargs="+", default=["fastdllm/dual_cache"])
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1])
@@ -65,11 +65,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from dserve.plugins import get_registry
-    from dserve_llada.config import LLaDAConfig
-    from dserve_llada.model import random_llada
-
-    shape = SHAPES[args.shape]
-    model = random_llada(LLaDAConfig.from_dict(shape), dtype=torch.bfloat16, device="cuda")
+    model, _ = build_model(args.shape, "cuda")
     registry = get_registry()
     canvas = args.prompt + args.gen
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "forward_ms": {}, "cells": []}
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
         print(f"bare forward {name}: {ms:.2f} ms", flush=True)
 
     for batch in args.batch:
-        prompts = torch.randint(0, 30000, (batch, args.prompt), generator=torch.Generator().manual_seed(batch)).tolist()
+        prompts = random_prompts(model, batch, args.prompt)
         for k in args.tokens_per_step:
             for full in args.algorithm:
                 engine_name, alg_name = full.split("/")
