@@ -38,11 +38,13 @@ def test_graph_replay_equals_eager_forward(model):
         torch.testing.assert_close(graphed(ids[:, 8:16], pos, kv_cache=cache.use_rows(slice(0, 3))), eager_c)
 
 
-@pytest.mark.parametrize("name", ["llada/reference", "fastdllm/basic", "fastdllm/prefix_cache", "fastdllm/dual_cache"])
+@pytest.mark.parametrize("name", ["llada/reference", "fastdllm/basic", "fastdllm/prefix_cache", "fastdllm/dual_cache",
+                                  "fastdllm/apd", "dinfer/dinfer_blockwise", "dinfer/dinfer_hierarchy", "dinfer/dinfer_credit"])
 def test_algorithms_give_the_same_tokens_with_graphs(model, name):
     engine, alg = name.split("/")
     spec = get_registry().engine(engine).algorithm(alg)
-    params = spec.load_params()(steps=16, block_length=16, **({"threshold": 0.7} if engine == "fastdllm" else {}))
+    extra = {"threshold": 0.7} if name.startswith("fastdllm/") and alg != "apd" else {}
+    params = spec.load_params()(**({"steps": 16} if engine != "dinfer" else {}), block_length=16, **extra)
     prompts = [[1, 2, 3, 4, 5], list(range(10, 40)), [7] * 17]
 
     def run(m):

@@ -107,6 +107,8 @@ class DInferRunner(AlgorithmRunner):
     """`dinfer_blockwise`: ThresholdParallelDecoder."""
 
     soft = False
+    # each forward's logits are decoded before the next forward, and nothing keeps them
+    graphable = True
     record_forwards = False  # tests: keep a per-sequence trace of forwards
 
     def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
@@ -410,6 +412,7 @@ class SoftRunner(DInferRunner):
     embedding through `get_input_embeddings()`."""
 
     soft = True
+    graphable = False  # it forwards embeddings, which graphed forwards do not take
 
     def _embedding(self) -> nn.Embedding:
         get = getattr(self.model, "get_input_embeddings", None)
