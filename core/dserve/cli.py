@@ -29,6 +29,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model's forward (default off; --no-compile)")
     g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    g.add_argument("--quantization", choices=["8bit", "4bit"],
+                   help="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')")
     g.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=None,
                    help="SDPA may use flash / cuDNN attention on the GPU (default on; --no-flash-attention)")
     g.add_argument("--gpu-memory-utilization", type=float,

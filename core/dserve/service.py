@@ -265,8 +265,14 @@ _graphed: dict[int, Any] = {}
 
 
 def apply_speed_settings(model, settings: Settings) -> None:
-    """--no-flash-attention and --compile, applied once to a loaded model."""
+    """--quantization, --no-flash-attention and --compile, applied once to a loaded model."""
     import torch
+
+    if settings.quantization:
+        from dserve.modeling.quantization import quantize_weights
+
+        quantize_weights(model, settings.quantization)
+        log.info("weights quantized", mode=settings.quantization)
 
     if not settings.flash_attention and torch.cuda.is_available():
         # process-wide SDPA switches: the flash and cuDNN (flash-style) kernels are off

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; the modes that use CUDA graphs replace dserve's own graphs"
     )
+    quantization: Literal["8bit", "4bit"] | None = Field(
+        None, description="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')"
+    )
     flash_attention: bool = Field(True, description="let SDPA use flash / cuDNN attention kernels on the GPU (off: math or memory-efficient kernels only)")
     gpu_memory_utilization: float = Field(
         1.0, gt=0.0, le=1.0,

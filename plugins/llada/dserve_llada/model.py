@@ -96,6 +96,11 @@ class LLaDAModel(DiffusionModel):
         for block in self.model.transformer.blocks:
             block.fuse_projections()
 
+    def unfuse_projections(self) -> None:
+        """Back to one GEMM per projection (weight-only quantization replaces module weights)."""
+        for block in self.model.transformer.blocks:
+            block.qkv_weight = block.gate_up_weight = None
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
 
