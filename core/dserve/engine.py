@@ -11,6 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import torch
+
 from dserve.modeling import DiffusionModel
 from dserve.sequence import Sequence
 
@@ -51,6 +53,15 @@ class AlgorithmRunner(ABC):
             self.sequences.remove(seq)
             self.free_state(seq)
         seq.engine_state = None
+
+    def new_canvas(self, seq: Sequence, length: int | None = None) -> torch.Tensor:
+        """The sequence's canvas on the model's device: its prompt, then mask tokens up to
+        `length` (default prompt + gen_length)."""
+        device = self.model.device
+        length = seq.prompt_len + seq.gen_length if length is None else length
+        canvas = torch.full((length,), self.model.info.mask_id, dtype=torch.long, device=device)
+        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        return canvas
 
     @abstractmethod
     def init_state(self, seq: Sequence) -> object:

@@ -122,8 +122,7 @@ class DInferRunner(AlgorithmRunner):
         mask_id = self.model.info.mask_id
         device = self.model.device
         L = seq.prompt_len + seq.gen_length
-        canvas = torch.full((L,), mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas = self.new_canvas(seq)
         if p.start_block_align:
             # BlockIterator._get_first_block_start: non-mask prompt tokens, floored to a block
             first = sum(1 for t in seq.prompt_ids if t != mask_id) // p.block_length * p.block_length

@@ -64,8 +64,7 @@ class DreamRunner(AlgorithmRunner):
     def init_state(self, seq: Sequence) -> _State:
         p: DreamParams = seq.params
         device = self.model.device
-        canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas = self.new_canvas(seq)
         steps = p.total_steps(seq.gen_length)
         return _State(
             canvas=canvas,

@@ -68,8 +68,7 @@ class BasicRunner(AlgorithmRunner):
     def init_state(self, seq: Sequence) -> _State:
         p: FastDLLMParams = seq.params
         device = self.model.device
-        canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas = self.new_canvas(seq)
         return _State(
             canvas=canvas,
             generator=make_generator(seq.seed, device),

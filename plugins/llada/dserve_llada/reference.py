@@ -46,8 +46,7 @@ class ReferenceRunner(AlgorithmRunner):
 
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
-        canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas = self.new_canvas(seq)
         return _State(canvas, make_generator(seq.seed, device), seq.params.steps_per_block(seq.gen_length))
 
     @torch.inference_mode()

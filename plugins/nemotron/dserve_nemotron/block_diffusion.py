@@ -64,8 +64,7 @@ class BlockDiffusionRunner(CachedRunner):
     def init_state(self, seq: Sequence) -> _State:
         p: BlockDiffusionParams = seq.params
         device = self.model.device
-        canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas = self.new_canvas(seq)
         causal = p.causal_context if p.causal_context is not None else getattr(self.model, "causal_prefix", True)
         return _State(
             canvas=canvas,
