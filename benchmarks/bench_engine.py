@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--quantization", choices=["8bit", "4bit"], help="weight-only quantized linear layers (torchao)")
     args = p.parse_args(argv)
     global EAGER
     EAGER = args.enforce_eager
@@ -215,6 +216,10 @@ def main(argv=None) -> int:
     from dserve.plugins import get_registry
 
     model, shape = build_model(args.shape, args.device)
+    if args.quantization:
+        from dserve.modeling.quantization import quantize_weights
+
+        quantize_weights(model, args.quantization)
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
@@ -224,7 +229,7 @@ def main(argv=None) -> int:
     published = PublishedLoops(args.published_dir, model, shape) if args.published_dir else None
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"# {args.shape} bf16 random weights on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
+    print(f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''} on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
           flush=True)
     cells = []
     for batch in args.batch:

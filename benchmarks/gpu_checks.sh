@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU measurements and tests the open issues still need, for one device call each section.
+#
+#   benchmarks/gpu_checks.sh OUTDIR SECTION...
+#
+# Sections (each writes OUTDIR/SECTION.txt and, where there is one, OUTDIR/SECTION.json):
+#   tests     pytest -m gpu tests/gpu (graphed == eager for every graphable runner, real OOM)
+#   engine    LLaDA-8B engine cells at batch 1, 8 and 32 (1 and 4 tokens per step), dserve only
+#   published the same cells' published loops (needs .dev/published; see bench_engine.py)
+#   families  Nemotron-Labs-Diffusion-8B and Dream-7B shapes, batch 1 and 32
+#   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit weights
+#   scale     benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
+# Source benchmarks/device_env.sh first on a bare device machine.
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=${1:?usage: gpu_checks.sh OUTDIR SECTION...}
+shift
+mkdir -p "$OUT"
+GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+OURS="llada/reference fastdllm/basic fastdllm/prefix_cache fastdllm/dual_cache fastdllm/apd dinfer/dinfer_blockwise"
+
+for section in "$@"; do
+  case "$section" in
+    tests)
+      python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider > "$OUT/tests.txt" 2>&1 ;;
+    engine)
+      python3 benchmarks/bench_engine.py --batch 1 8 32 --tokens-per-step 1 4 --algorithms $OURS \
+        --json "$OUT/engine.json" > "$OUT/engine.txt" 2>&1 ;;
+    published)
+      python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 1 4 --algorithms fastdllm/dual_cache \
+        --published-dir .dev/published --json "$OUT/published.json" > "$OUT/published.txt" 2>&1 ;;
+    families)
+      python3 benchmarks/bench_engine.py --shape nemotron-labs-diffusion-8b --batch 1 32 --tokens-per-step 1 4 \
+        --json "$OUT/nemotron.json" > "$OUT/families.txt" 2>&1
+      python3 benchmarks/bench_engine.py --shape dream-7b --batch 1 32 --tokens-per-step 4 \
+        --algorithms dream/entropy fastdllm/dual_cache --json "$OUT/dream.json" >> "$OUT/families.txt" 2>&1 ;;
+    quant)
+      python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
+        --quantization 8bit --json "$OUT/quant.json" > "$OUT/quant.txt" 2>&1 ;;
+    scale)
+      counts=$(for n in 1 2 4 8; do [ "$n" -le "$GPUS" ] && printf '%s ' "$n"; done)
+      bash benchmarks/scale_gpus.sh "$OUT/scale" "$counts" > "$OUT/scale.txt" 2>&1 ;;
+    *)
+      echo "unknown section: $section" >&2; exit 2 ;;
+  esac
+done
