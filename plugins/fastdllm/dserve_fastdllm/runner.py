@@ -36,7 +36,7 @@ from dserve.sequence import Sequence
 from dserve.modeling.cache_pool import CachePool
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.params import APDParams
-from dserve_fastdllm.rules import leftmost_confident_run, predict, predict_rows, transfer_masks
+from dserve_fastdllm.rules import leftmost_confident_run, predict_rows, transfer_masks
 
 
 @dataclass
@@ -52,7 +52,6 @@ class _State:
     masks_left: int = 0  # masked positions left in the current block
     quota: list[int] | None = None  # fixed schedule: tokens per step of the current block
     cache_row: int | None = None
-    rule_is_fixed: bool = False  # no threshold/factor: a fixed number of tokens per step
 
     @property
     def block_range(self) -> tuple[int, int]:
@@ -77,7 +76,6 @@ class BasicRunner(AlgorithmRunner):
             num_blocks=seq.gen_length // p.block_length,
             steps_per_block=p.steps_per_block(seq.gen_length),
             masks_left=p.block_length,
-            rule_is_fixed=p.rule == "fixed",
         )
 
     @torch.inference_mode()
@@ -122,7 +120,7 @@ class BasicRunner(AlgorithmRunner):
             return self.model(ids, positions, attention_mask=key_mask, logits_index=index)
         rows = [s.engine_state.cache_row for s in seqs]
         consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
-        use = slice(rows[0], rows[0] + len(rows)) if consecutive else torch.tensor(rows, device=device)
+        use = slice(rows[0], rows[0] + len(rows)) if consecutive else _upload(device, rows)[0]
         key_mask = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
         logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(use), logits_index=index)
         cache.use_rows(None)
@@ -134,8 +132,9 @@ class BasicRunner(AlgorithmRunner):
         mask_id = self.model.info.mask_id
         order, picks = [], []
         for seqs, logits in groups:
-            for st in (s.engine_state for s in seqs):
-                if st.step_in_block == 0 and st.rule_is_fixed:
+            for seq in seqs:
+                st = seq.engine_state
+                if st.step_in_block == 0 and seq.params.rule == "fixed":
                     st.quota = split_steps(st.masks_left, st.steps_per_block)
             widths = {s.engine_state.block_length for s in seqs}
             modes = {s.params.remasking for s in seqs}
@@ -165,9 +164,12 @@ class BasicRunner(AlgorithmRunner):
             results.append(StepResult(seq, committed, finished=st.block >= st.num_blocks, nfe=1))
         return results
 
-    def _quota(self, st: _State) -> int | None:
-        if not st.rule_is_fixed:
-            return None
+    @staticmethod
+    def _quota(seq: Sequence) -> int:
+        """Tokens this step commits under the fixed split (the whole scope for other rules)."""
+        st: _State = seq.engine_state
+        if seq.params.rule != "fixed":
+            return st.masks_left
         return st.quota[st.step_in_block] if st.step_in_block < len(st.quota) else 1
 
     def _pick_rows(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,12 +196,11 @@ class BasicRunner(AlgorithmRunner):
         """Which positions each row commits [B, n], from its confidences (-inf where not masked)."""
         nan = float("nan")
         per_row = [
-            [st.masks_left, st.masks_left if self._quota(st) is None else self._quota(st),
-             s.params.threshold if s.params.threshold is not None else nan,
-             s.params.factor if s.params.factor is not None else nan]
-            for s, st in ((s, s.engine_state) for s in seqs)
+            [s.engine_state.masks_left, self._quota(s),
+             nan if s.params.threshold is None else s.params.threshold, nan if s.params.factor is None else s.params.factor]
+            for s in seqs
         ]
-        n, quota, threshold, factor = _upload_rows(conf.device, per_row)
+        n, quota, threshold, factor = _to_device(torch.tensor(per_row, dtype=torch.float64), conf.device).T
         return transfer_masks(conf, n.long(), quota=quota.long(), threshold=threshold, factor=factor)
 
     def _pick_each(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,36 +209,23 @@ class BasicRunner(AlgorithmRunner):
         transfers = torch.zeros(len(seqs), n, dtype=torch.bool, device=logits.device)
         x0s = torch.zeros(len(seqs), n, dtype=torch.long, device=logits.device)
         for r, seq in enumerate(seqs):
-            st: _State = seq.engine_state
-            p: FastDLLMParams = seq.params
-            s, e = st.block_range
-            block = st.canvas[s:e]
-            masked = block == mask_id
-            x0, conf = predict(
-                logits[r, : e - s], temperature=p.temperature, remasking=p.remasking, mask_id=mask_id, generator=st.generator
-            )
-            conf = conf.masked_fill(~masked, -float("inf"))
-            transfer = self._rule_mask(conf[None], masked[None], [seq])[0] & masked
-            st.canvas[s:e] = torch.where(transfer, x0, block)
-            transfers[r, : e - s], x0s[r, : e - s] = transfer, x0
+            transfer, x0 = self._pick_rows([seq], logits[r : r + 1], mask_id)
+            width = transfer.shape[1]
+            transfers[r, :width], x0s[r, :width] = transfer[0], x0[0]
         return transfers, x0s
 
 
-def _upload_rows(device: torch.device, rows: list[list[float]]) -> torch.Tensor:
-    """Per-row numbers [B, k] as float64 columns on the device (one pinned upload)."""
-    table = torch.tensor(rows, dtype=torch.float64)
-    if device.type == "cuda":
-        table = table.pin_memory().to(device, non_blocking=True)
-    return table.T
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device through pinned memory: the copy does not wait for the GPU to
+    drain (a pageable host-to-device copy would)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _upload(device: torch.device, *rows: list) -> tuple[torch.Tensor, ...]:
-    """Host lists to device tensors through pinned memory: the copy does not wait for the
-    GPU to drain (a pageable host-to-device copy would)."""
-    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
-    if device.type != "cuda":
-        return tuple(t.to(device) for t in tensors)
-    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+    """Host lists of ints to device tensors."""
+    return tuple(_to_device(torch.tensor(r, dtype=torch.long), device) for r in rows)
 
 
 class _CachedRunner(BasicRunner):
@@ -300,5 +288,6 @@ class APDRunner(DualCacheRunner):
 
     def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params: list[APDParams] = [s.params for s in seqs]
-        threshold, max_parallel = _upload_rows(conf.device, [[p.apd_threshold, p.apd_max_parallel] for p in params])
+        rows = torch.tensor([[p.apd_threshold, p.apd_max_parallel] for p in params], dtype=torch.float64)
+        threshold, max_parallel = _to_device(rows, conf.device).T
         return leftmost_confident_run(conf, masked, threshold, max_parallel.long())
