@@ -251,12 +251,7 @@ class Scheduler:
                 self._shed(runner)
                 return
             log.exception("engine step failed", batch_size=batch)
-            error = self._step_error(exc)
-            for seq in list(runner.sequences):
-                handle = self._running.get(seq.seq_id)
-                runner.release(seq)
-                if handle is not None:
-                    self._fail(handle, error)
+            self._fail_sequences(runner, list(runner.sequences), self._step_error(exc))
             return
         committed = [len(result.committed) for result in results]
         for result in results:
@@ -279,19 +274,21 @@ class Scheduler:
         shed = runner.sequences[keep:]
         runner.max_batch_size = max(1, keep)
         log.warning("out of device memory: shedding requests", shed=len(shed), batch_size_cap=runner.max_batch_size)
-        error = Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
-        for seq in list(shed):
+        self._fail_sequences(runner, shed, _out_of_memory_error())
+        self.stats.requests_shed += len(shed)
+
+    def _fail_sequences(self, runner: AlgorithmRunner, seqs: list[Sequence], error: APIError) -> None:
+        for seq in seqs:
             handle = self._running.get(seq.seq_id)
             runner.release(seq)
             if handle is not None:
                 self._fail(handle, error)
-        self.stats.requests_shed += len(shed)
 
     @staticmethod
     def _step_error(exc: Exception) -> APIError:
         if _is_out_of_memory(exc):
             _free_device_memory()
-            return Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
+            return _out_of_memory_error()
         return APIError("internal error while decoding", code="engine_error")
 
     def _apply(self, result: StepResult) -> None:
@@ -332,6 +329,10 @@ class Scheduler:
                 self._on_finish(handle)
             except Exception:  # noqa: BLE001
                 log.exception("on_finish callback failed")
+
+
+def _out_of_memory_error() -> APIError:
+    return Unavailable("out of device memory while decoding; retry later", code="out_of_memory")
 
 
 def _is_out_of_memory(exc: Exception) -> bool:
