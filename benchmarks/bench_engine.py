@@ -45,14 +45,11 @@ def build_model(shape: str, device: str):
     """Random bf16 weights in the shape, through the model family's own loader (as
     `dserve --load-format dummy` does). Returns (model, config dict)."""
     from dserve.plugins import get_registry
-    from dserve.registry import import_string
+    from dserve.service import load_model
 
     path = shape_dir(shape)
+    model, _ = load_model(path, get_registry(), dtype="bfloat16", device=device, load_format="dummy")
     config = json.loads((path / "config.json").read_text())
-    spec = get_registry().model_for_architectures(config.get("architectures") or [])
-    if spec is None:
-        raise SystemExit(f"no installed plugin serves {config.get('architectures')}")
-    model = import_string(spec.loader)(path, dtype="bfloat16", device=device, load_format="dummy")
     return model, config
 
 

@@ -54,26 +54,19 @@ class GenerationService:
 
     def load(self) -> None:
         """Load the model and start the scheduler (runs on a background thread at startup)."""
-        from dserve.modeling.loading import read_config, resolve_checkpoint_dir
+        from dserve.modeling.loading import resolve_checkpoint_dir
 
         try:
             path = resolve_checkpoint_dir(self.settings.model or default_model_dir(self.registry))
-            config = read_config(path)
-            spec = self.registry.model_for_architectures(config.get("architectures") or [])
-            if spec is None:
-                known = sorted(a for m in self.registry.models.values() for a in m.architectures)
-                raise ValueError(f"no installed plugin serves architectures {config.get('architectures')}; known: {known}")
             device = resolve_device(self.settings.device)
             if device.type == "cuda" and self.settings.gpu_memory_utilization < 1.0:
                 import torch
 
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 torch.cuda.set_per_process_memory_fraction(self.settings.gpu_memory_utilization, index)
-            loader = import_string(spec.loader)
-            if self.settings.load_format == "dummy":
-                model = loader(path, dtype=self.settings.dtype, device=device, load_format="dummy")
-            else:
-                model = loader(path, dtype=self.settings.dtype, device=device)
+            model, spec = load_model(
+                path, self.registry, dtype=self.settings.dtype, device=device, load_format=self.settings.load_format
+            )
             apply_speed_settings(model, self.settings)
             if self.settings.tokenizer:
                 from dserve.modeling.tokenizer import load_tokenizer
@@ -262,6 +255,22 @@ class GenerationService:
 
 
 _graphed: dict[int, Any] = {}
+
+
+def load_model(path: Path, registry: Registry, *, dtype, device, load_format: str = "auto"):
+    """(model, its ModelSpec): the checkpoint directory's family, picked by config.json's
+    `architectures`, loads it (load_format "dummy": random weights in its shape)."""
+    from dserve.modeling.loading import read_config
+
+    config = read_config(path)
+    spec = registry.model_for_architectures(config.get("architectures") or [])
+    if spec is None:
+        known = sorted(a for m in registry.models.values() for a in m.architectures)
+        raise ValueError(f"no installed plugin serves architectures {config.get('architectures')}; known: {known}")
+    loader = import_string(spec.loader)
+    if load_format == "dummy":
+        return loader(path, dtype=dtype, device=device, load_format="dummy"), spec
+    return loader(path, dtype=dtype, device=device), spec
 
 
 def apply_speed_settings(model, settings: Settings) -> None:
