@@ -54,12 +54,10 @@ class AlgorithmRunner(ABC):
             self.free_state(seq)
         seq.engine_state = None
 
-    def new_canvas(self, seq: Sequence, length: int | None = None) -> torch.Tensor:
-        """The sequence's canvas on the model's device: its prompt, then mask tokens up to
-        `length` (default prompt + gen_length)."""
+    def new_canvas(self, seq: Sequence) -> torch.Tensor:
+        """The sequence's canvas on the model's device: its prompt, then gen_length mask tokens."""
         device = self.model.device
-        length = seq.prompt_len + seq.gen_length if length is None else length
-        canvas = torch.full((length,), self.model.info.mask_id, dtype=torch.long, device=device)
+        canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
         canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
         return canvas
 

@@ -126,25 +126,25 @@ def load_native(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device = "cpu",
     load_format: str = "auto",
-) -> tuple[nn.Module, Any, Path]:
+) -> tuple[nn.Module, Path]:
     """What every model plugin's loader does: read config.json, then either random weights in
     its shape (`load_format="dummy"`: `random(cfg, dtype=, device=)`) or `build(cfg)` on the meta
     device with the checkpoint's tensors assigned by parameter name. `on_device(model, cfg,
     device)` recreates what is not in the checkpoint (non-persistent buffers such as RoPE
-    frequencies, which the meta device leaves empty). Returns (model in eval mode, cfg, path);
-    the caller adds its tokenizer."""
+    frequencies, which the meta device leaves empty). Returns (model in eval mode, checkpoint
+    directory); the caller adds its tokenizer."""
     path = resolve_checkpoint_dir(path)
     raw = read_config(path)
     cfg = config_from_dict(raw)
     dtype = resolve_dtype(dtype, raw, device)
     if load_format == "dummy":
-        return random(cfg, dtype=dtype, device=device), cfg, path
+        return random(cfg, dtype=dtype, device=device), path
     with torch.device("meta"):
         model = build(cfg)
     if on_device is not None:
         on_device(model, cfg, device)
     load_weights(model, path, dtype=dtype, device=device)
-    return model.eval().requires_grad_(False), cfg, path
+    return model.eval().requires_grad_(False), path
 
 
 def has_tokenizer(path: Path) -> bool:

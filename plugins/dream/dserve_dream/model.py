@@ -150,7 +150,7 @@ def load_dream(
     """Load a Dream checkpoint directory (config.json, safetensors, tokenizer) by parameter name.
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    model, _, path = load_native(
+    model, path = load_native(
         path, config_from_dict=DreamConfig.from_dict, build=DreamModel, random=random_dream, on_device=_rotary_on,
         dtype=dtype, device=device, load_format=load_format,
     )

@@ -133,7 +133,7 @@ def load_llada(
     """Load a LLaDA checkpoint directory (config.json, safetensors, tokenizer) by parameter name.
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    model, _, path = load_native(
+    model, path = load_native(
         path, config_from_dict=LLaDAConfig.from_dict, build=LLaDAModel, random=random_llada, on_device=_rotary_on,
         dtype=dtype, device=device, load_format=load_format,
     )

@@ -133,7 +133,7 @@ def load_nemotron(
     """Load a Nemotron diffusion checkpoint directory by parameter name (no remote code).
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
-    model, _, path = load_native(
+    model, path = load_native(
         path, config_from_dict=NemotronConfig.from_dict, build=NemotronDiffusionModel, random=random_nemotron,
         on_device=_rotary_on, dtype=dtype, device=device, load_format=load_format,
     )
