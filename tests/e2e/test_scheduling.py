@@ -206,7 +206,7 @@ def test_sigterm_drains_in_flight_then_exits():
     _wait_running(srv.url, 1)
     srv.terminate()
     time.sleep(0.3)
-    assert httpx.get(srv.url + "/health/ready").status_code == 503
+    assert httpx.get(srv.url + "/health/ready", timeout=30).status_code == 503  # 2 busy cores: generous
     late = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
     assert late.status_code == 503 and late.json()["error"]["code"] == "server_shutting_down"
     t.join(120)
