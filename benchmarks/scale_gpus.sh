@@ -29,19 +29,27 @@ for N in $COUNTS; do
   python3 - "$PORT" "$OUT/workers-$N.json" <<'EOF'
 import sys, time, httpx
 url = f"http://127.0.0.1:{sys.argv[1]}"
-for _ in range(600):
+# /health/ready turns 200 with the first healthy worker; a scaling point needs all of them
+status = None
+for _ in range(900):
     try:
-        if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+        status = httpx.get(url + "/worker-status", timeout=2).json()
+        if status["healthy_workers"] == status["total_workers"]:
             break
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError, KeyError):
         pass
     time.sleep(1)
+else:
+    sys.exit(f"not every worker became healthy: {status}")
 open(sys.argv[2], "w").write(httpx.get(url + "/worker-status", timeout=10).text)
 EOF
   dserve bench --url "http://127.0.0.1:$PORT" --num-requests $((32 * N)) --concurrency $((32 * N)) "${WORKLOAD[@]}" "$@" \
     > "$OUT/warmup-$N.txt" 2>&1
   dserve bench --url "http://127.0.0.1:$PORT" --num-requests $((96 * N)) --concurrency $((32 * N)) "${WORKLOAD[@]}" "$@" \
     --output "$OUT/bench-$N.json" > "$OUT/bench-$N.txt" 2>&1
+  # per-worker routing and batch statistics of the measured run (is every worker's batch full?)
+  python3 -c "import httpx, sys; print(httpx.get(sys.argv[1] + '/worker-status', timeout=10).text)" \
+    "http://127.0.0.1:$PORT" > "$OUT/workers-after-$N.json" 2>&1
   kill -TERM "$FRONT"
   wait "$FRONT"
 done
