@@ -63,6 +63,18 @@ def test_logits_match_the_reference_model(variant):
         torch.testing.assert_close(got, expected[case["name"]], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["main", "research"])
+def test_unfused_projections_give_the_same_logits(variant):
+    """Loading fuses q/k/v and gate/up into one GEMM each (views of the published weights);
+    one GEMM per projection again (what weight-only quantization needs) computes the same."""
+    m = load_nemotron(FIXTURE if variant == "main" else FIXTURE / "research", dtype="float32")
+    assert m.encoder.layers[0].self_attn.qkv_weight is not None and m.encoder.layers[0].gate_up_weight is not None
+    ids = torch.tensor([list(range(2, 40))])
+    fused = m(ids)
+    m.unfuse_projections()
+    torch.testing.assert_close(m(ids), fused, atol=1e-5, rtol=1e-5)
+
+
 def test_parameter_names_are_the_published_ones(model):
     assert set(model.state_dict()) == set(EXPECTED["checkpoint"]["parameters"])
     research = load_nemotron(FIXTURE / "research", dtype="float32")

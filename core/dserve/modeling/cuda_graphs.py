@@ -147,3 +147,9 @@ class GraphedModel:
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return entry
+
+
+def eager_model(model: Any) -> Any:
+    """The model under a CUDA-graph wrapper (or the model itself): for the forwards a runner
+    knows are one-off shapes, such as a prompt's prefill."""
+    return model.model if isinstance(model, GraphedModel) else model

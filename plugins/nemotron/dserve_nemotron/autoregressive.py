@@ -37,16 +37,19 @@ class AutoregressiveRunner(CachedRunner):
 
     def _row(self, seq: Sequence) -> RowInput:
         st: _State = seq.engine_state
+        end = seq.prompt_len + seq.gen_length
         if st.generated == 0:
-            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False)
-        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False)
+            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False, capacity=end)
+        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False, capacity=end)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
         seqs = list(self.sequences)
         logits: dict[int, torch.Tensor] = {}
-        for group in ([s for s in seqs if s.engine_state.generated == 0], [s for s in seqs if s.engine_state.generated]):
-            logits.update({s.seq_id: l for s, l in zip(group, self.forward([self._row(s) for s in group]))})
+        fresh = [s for s in seqs if s.engine_state.generated == 0]
+        running = [s for s in seqs if s.engine_state.generated]
+        for group, graphed in ((fresh, False), (running, True)):
+            logits.update({s.seq_id: l for s, l in zip(group, self.forward([self._row(s) for s in group], graphed=graphed))})
         results = []
         for seq in seqs:
             st: _State = seq.engine_state

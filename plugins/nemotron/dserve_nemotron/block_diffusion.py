@@ -78,22 +78,23 @@ class BlockDiffusionRunner(CachedRunner):
         )
 
     def _row(self, st: _State) -> RowInput:
+        end = len(st.canvas)
         if st.phase == PREFILL:
-            return RowInput(st.canvas[: st.prompt_len], 0, st.causal, st.cache_row, all_logits=False)
+            return RowInput(st.canvas[: st.prompt_len], 0, st.causal, st.cache_row, all_logits=False, capacity=end)
         s, e = st.block_range
         if st.phase == DENOISE:
-            return RowInput(st.canvas[s:e], s, False, st.cache_row, all_logits=True)
-        return RowInput(st.canvas[s:e], s, st.causal, st.cache_row, all_logits=False)
+            return RowInput(st.canvas[s:e], s, False, st.cache_row, all_logits=True, capacity=end)
+        return RowInput(st.canvas[s:e], s, st.causal, st.cache_row, all_logits=False, capacity=end)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
         seqs = list(self.sequences)
         logits: dict[int, torch.Tensor] = {}
-        for group in (
-            [s for s in seqs if s.engine_state.phase == PREFILL],
-            [s for s in seqs if s.engine_state.phase != PREFILL],
+        for group, graphed in (
+            ([s for s in seqs if s.engine_state.phase == PREFILL], False),
+            ([s for s in seqs if s.engine_state.phase != PREFILL], True),
         ):
-            out = self.forward([self._row(s.engine_state) for s in group])
+            out = self.forward([self._row(s.engine_state) for s in group], graphed=graphed)
             logits.update({s.seq_id: l for s, l in zip(group, out)})
         results = []
         for seq in seqs:

@@ -22,6 +22,7 @@ import torch
 
 from dserve.modeling import DiffusionModel
 from dserve.modeling.cache_pool import CachePool
+from dserve.modeling.cuda_graphs import eager_model
 
 
 @dataclass
@@ -31,15 +32,21 @@ class RowInput:
     causal: bool  # causal inside the input (else bidirectional)
     cache_row: int
     all_logits: bool  # logits for every input position (else only the last one)
+    capacity: int = 0  # positions the row will ever use: reserved at once, so the cache (and
+    # the CUDA graphs captured over it) does not change while the sequence runs
 
 
-def forward_over_cache(model: DiffusionModel, pool: CachePool, rows: list[RowInput]) -> list[torch.Tensor]:
-    """Per row: logits [n, V] (all_logits) or [V] (the last position's)."""
+def forward_over_cache(model: DiffusionModel, pool: CachePool, rows: list[RowInput], *, graphed: bool = True) -> list[torch.Tensor]:
+    """Per row: logits [n, V] (all_logits) or [V] (the last position's).
+
+    graphed=False runs the forward eagerly even when the model is a CUDA-graph wrapper: a
+    prompt's prefill runs once per sequence in a shape of its own, so capturing it would cost
+    a capture per prompt length and save nothing."""
     device = model.device
     order = sorted(range(len(rows)), key=lambda i: rows[i].cache_row)  # consecutive rows: no copy
     ordered = [rows[i] for i in order]
     T = max(len(r.tokens) for r in ordered)
-    cache = pool.reserve(max(r.start + T for r in ordered))
+    cache = pool.reserve(max(max(r.start + T, r.capacity) for r in ordered))
 
     ids = torch.full((len(ordered), T), model.info.mask_id, dtype=torch.long, device=device)
     for i, r in enumerate(ordered):
@@ -62,7 +69,8 @@ def forward_over_cache(model: DiffusionModel, pool: CachePool, rows: list[RowInp
     cache_rows = [r.cache_row for r in ordered]
     consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + len(cache_rows)))
     use = slice(cache_rows[0], cache_rows[0] + len(cache_rows)) if consecutive else torch.tensor(cache_rows, device=device)
-    logits = model(ids, positions, attention_mask=mask, kv_cache=cache.use_rows(use), logits_index=index)
+    forward = model if graphed else eager_model(model)
+    logits = forward(ids, positions, attention_mask=mask, kv_cache=cache.use_rows(use), logits_index=index)
     cache.use_rows(None)
 
     out: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]

@@ -52,7 +52,10 @@ class LinearSpecRunner(CachedRunner):
         fresh = [s for s in seqs if s.engine_state.generated == 0]
         rounds = [s for s in seqs if s.engine_state.generated > 0]
         results = {}
-        prefill = self.forward([RowInput(s.engine_state.prompt, 0, True, s.engine_state.cache_row, False) for s in fresh])
+        prefill = self.forward(
+            [RowInput(s.engine_state.prompt, 0, True, s.engine_state.cache_row, False, self._capacity(s)) for s in fresh],
+            graphed=False,
+        )
         for seq, logits in zip(fresh, prefill):
             results[seq.seq_id] = self._emit(seq, [int(sample(logits, seq.params.temperature, seq.engine_state.generator))], nfe=1)
         if rounds:
@@ -72,7 +75,12 @@ class LinearSpecRunner(CachedRunner):
 
     def _block_row(self, seq: Sequence, block: torch.Tensor, *, causal: bool) -> RowInput:
         st: _State = seq.engine_state
-        return RowInput(block, st.cache_len(seq.prompt_len), causal, st.cache_row, all_logits=True)
+        return RowInput(block, st.cache_len(seq.prompt_len), causal, st.cache_row, all_logits=True, capacity=self._capacity(seq))
+
+    @staticmethod
+    def _capacity(seq: Sequence) -> int:
+        # a draft block may start at the last generated position and reach a block past the end
+        return seq.prompt_len + seq.gen_length + seq.params.block_length
 
     def _fill(self, seq: Sequence, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         p: LinearSpecParams = seq.params

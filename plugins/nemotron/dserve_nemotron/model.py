@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.fused import fuse_linears
 from dserve.modeling.layers import RMSNorm, attention, swiglu
 from dserve.modeling.loading import has_tokenizer, load_native, randomize
 from dserve.modeling.tokenizer import load_tokenizer
@@ -41,12 +42,18 @@ class NemotronAttention(nn.Module):
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        self.qkv_weight: torch.Tensor | None = None  # set by fuse_projections(); not in state_dict()
 
     def forward(self, x, rotary, cos, sin, q_scale, positions, attention_mask, cache):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_weight is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # one GEMM, split into views
+            nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = nn.functional.linear(x, self.qkv_weight).split([nq, nkv, nkv], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary.apply(q.transpose(1, 2), cos, sin), rotary.apply(k.transpose(1, 2), cos, sin)
@@ -66,11 +73,22 @@ class NemotronLayer(nn.Module):
         self.mlp.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.mlp.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.mlp.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None  # set by fuse_projections()
 
     def forward(self, x, rotary, cos, sin, q_scale, positions, attention_mask, cache):
         x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, q_scale, positions, attention_mask, cache)
         m = self.mlp
-        return x + swiglu(self.post_attention_layernorm(x), m.gate_proj, m.up_proj, m.down_proj)
+        h = self.post_attention_layernorm(x)
+        if self.gate_up_weight is None:
+            return x + swiglu(h, m.gate_proj, m.up_proj, m.down_proj)
+        gate, up = nn.functional.linear(h, self.gate_up_weight).chunk(2, dim=-1)
+        return x + m.down_proj(nn.functional.silu(gate) * up)
+
+    def fuse_projections(self) -> None:
+        """Inference only: q/k/v and gate/up as one GEMM each (dserve.modeling.fused)."""
+        a, m = self.self_attn, self.mlp
+        a.qkv_weight = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
+        self.gate_up_weight = fuse_linears(m.gate_proj, m.up_proj)
 
 
 class NemotronDiffusionModel(DiffusionModel):
@@ -95,6 +113,17 @@ class NemotronDiffusionModel(DiffusionModel):
             max_length=cfg.max_position_embeddings,
             capabilities=frozenset({BLOCK_CAUSAL, KV_CACHE}),
         )
+
+    def fuse_projections(self) -> None:
+        """Fuse each layer's projections for inference (after the weights are on their device;
+        a later `.to()` would unshare the views, so loaders call this last)."""
+        for layer in self.encoder.layers:
+            layer.fuse_projections()
+
+    def unfuse_projections(self) -> None:
+        """Back to one GEMM per projection (weight-only quantization replaces module weights)."""
+        for layer in self.encoder.layers:
+            layer.self_attn.qkv_weight = layer.gate_up_weight = None
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
@@ -137,6 +166,8 @@ def load_nemotron(
         path, config_from_dict=NemotronConfig.from_dict, build=NemotronDiffusionModel, random=random_nemotron,
         on_device=_rotary_on, dtype=dtype, device=device, load_format=load_format,
     )
+    if load_format != "dummy":  # random_nemotron fused already
+        model.fuse_projections()
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
@@ -152,4 +183,6 @@ def random_nemotron(cfg: NemotronConfig, *, dtype=torch.bfloat16, device="cuda",
     with torch.device(device):
         model = NemotronDiffusionModel(cfg).to(dtype)
     _rotary_on(model, cfg, device)
-    return randomize(model, seed=seed)
+    randomize(model, seed=seed)
+    model.fuse_projections()
+    return model

@@ -13,6 +13,10 @@ from dserve_nemotron.cached_forward import RowInput, forward_over_cache
 
 
 class CachedRunner(AlgorithmRunner):
+    # the block, token and draft forwards repeat their shapes step after step: CUDA graphs on a
+    # GPU; prefills pass graphed=False (one shape per prompt length, run once)
+    graphable = True
+
     def __init__(self, model, *, max_batch_size: int = 16):
         super().__init__(model, max_batch_size=max_batch_size)
         self.pool = CachePool(model, max_batch_size)
@@ -27,8 +31,8 @@ class CachedRunner(AlgorithmRunner):
             self.pool.give(st.cache_row)
             st.cache_row = None
 
-    def forward(self, rows: list[RowInput]) -> list[torch.Tensor]:
-        return forward_over_cache(self.model, self.pool, rows) if rows else []
+    def forward(self, rows: list[RowInput], *, graphed: bool = True) -> list[torch.Tensor]:
+        return forward_over_cache(self.model, self.pool, rows, graphed=graphed) if rows else []
 
     def is_stop(self, seq: Sequence, token: int) -> bool:
         return not seq.ignore_eos and token in self.stop_ids
