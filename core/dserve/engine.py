@@ -68,6 +68,14 @@ class AlgorithmRunner(ABC):
     def free_state(self, seq: Sequence) -> None:
         """Free per-sequence device state beyond what garbage collection frees."""
 
+    def release_idle_memory(self) -> bool:
+        """With no sequence running, free device memory kept for the next ones (a KV cache and
+        the CUDA graphs bound to it); True if anything was freed. The scheduler calls it when
+        another runner's step runs out of memory. Runners with a `CachePool` in `self.pool` get
+        this for free."""
+        pool = getattr(self, "pool", None)
+        return not self.sequences and pool is not None and pool.drop_idle()
+
     @abstractmethod
     def step(self) -> list[StepResult]:
         """One denoising step for every admitted sequence; one result per sequence."""

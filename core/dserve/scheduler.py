@@ -70,6 +70,7 @@ class SchedulerStats:
         self.histogram: collections.Counter[int] = collections.Counter()
         self.requests_finished = 0
         self.requests_shed = 0  # failed with 503 to free device memory
+        self.idle_memory_releases = 0  # out-of-memory steps retried after freeing idle runners' caches
         self._recent: collections.deque[tuple[float, int, int]] = collections.deque()  # (t, batch, tokens)
         self._window = window
 
@@ -91,6 +92,7 @@ class SchedulerStats:
             "total_tokens_committed": self.tokens_committed,
             "requests_finished": self.requests_finished,
             "requests_shed_out_of_memory": self.requests_shed,
+            "idle_cache_releases_out_of_memory": self.idle_memory_releases,
             "avg_batch_size": self.batch_size_sum / self.steps if self.steps else 0.0,
             "batch_size_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
             "steps_per_second": (len(recent) - 1) / span if span > 0 else 0.0,
@@ -247,6 +249,8 @@ class Scheduler:
         try:
             results = runner.step()
         except Exception as exc:  # noqa: BLE001
+            if _is_out_of_memory(exc) and self._release_idle_memory():
+                return  # the step is retried next iteration (it changed no state) with that memory free
             if _is_out_of_memory(exc) and batch > 1:
                 self._shed(runner)
                 return
@@ -260,6 +264,15 @@ class Scheduler:
         self.stats.record_step(batch, tokens)
         if self._on_step is not None:
             self._on_step(batch, committed)
+
+    def _release_idle_memory(self) -> bool:
+        """Free what idle runners keep for reuse (their KV caches) before failing any request."""
+        freed = [key for key, runner in self.runners.items() if runner.release_idle_memory()]
+        if freed:
+            _free_device_memory()
+            self.stats.idle_memory_releases += 1
+            log.warning("out of device memory: freed idle runners' caches", runners=[f"{e}/{a}" for e, a in freed])
+        return bool(freed)
 
     def _shed(self, runner: AlgorithmRunner) -> None:
         """A step ran out of device memory: fail the newest half of the batch with 503, cap the

@@ -167,7 +167,7 @@ def test_mixed_batch_equals_each_alone(models, algorithm):
     for case, seq in zip(cases, seqs):
         assert got[seq.seq_id]["canvas"] == case["canvas"], _case_id(case)
         assert got[seq.seq_id]["nfe"] == case["nfe"], _case_id(case)
-    assert runner.pool.cache is None and not runner.pool.used
+    assert not runner.pool.used and runner.release_idle_memory() and runner.pool.cache is None
 
 
 def test_a_step_makes_at_most_three_forwards(models, monkeypatch):
@@ -222,7 +222,7 @@ def test_released_rows_are_reused_without_stale_state(models):
                 canvases[res.seq.seq_id] = res.seq.engine_state.canvas.tolist()
                 runner.release(res.seq)
     assert canvases[seq.seq_id] == case["canvas"] and canvases[keeper.seq_id] == keeper_case["canvas"]
-    assert runner.pool.cache is None and not runner.pool.used
+    assert not runner.pool.used and runner.release_idle_memory() and runner.pool.cache is None
 
 
 # ---- early stop, the no-progress guard, sampling -----------------------------------------------

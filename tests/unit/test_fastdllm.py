@@ -107,7 +107,7 @@ def test_mixed_batch_equals_each_alone(model, algorithm):
     canvases, nfe = _drive_staggered(runner, seqs, [0, 0, 1, 2, 3, 9])
     assert [(canvases[s.seq_id], nfe[s.seq_id]) for s in seqs] == alone
     if algorithm != "basic":
-        assert runner.pool.used == set() and runner.pool.cache is None
+        assert runner.pool.used == set() and runner.release_idle_memory() and runner.pool.cache is None
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
@@ -134,8 +134,19 @@ def test_release_frees_the_cache_row(model):
     runner.admit(c)
     assert c.engine_state.cache_row == 0
     runner.release(b)
+    assert not runner.release_idle_memory(), "a running sequence's cache must stay"
     runner.release(c)
-    assert runner.pool.used == set() and runner.pool.cache is None
+    # idle: the cache stays for the next request (and the CUDA graphs bound to it) ...
+    cache = runner.pool.cache
+    assert runner.pool.used == set() and cache is not None
+    d = Sequence([6, 7, 8], max_tokens=8, params=FastDLLMParams(block_length=8))
+    runner.admit(d)
+    runner.step()
+    assert runner.pool.cache is cache
+    runner.release(d)
+    # ... until the scheduler asks for the memory back
+    assert runner.release_idle_memory() and runner.pool.cache is None
+    assert not runner.release_idle_memory()
 
 
 # ---- commit rules and parameters (no model) ---------------------------------------------------

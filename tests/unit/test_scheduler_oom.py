@@ -45,13 +45,13 @@ def _prompts(model, n):
     return [tok(c, add_special_tokens=False)["input_ids"] for c in chats]
 
 
-async def _run(scheduler, model, prompts):
+async def _run(scheduler, model, prompts, key=("fastdllm", "x")):
     loop = asyncio.get_running_loop()
     handles = []
     for ids in prompts:
         seq = Sequence(ids, 32, FastDLLMParams(block_length=16, threshold=0.9))
         tracker = OutputTracker(model.tokenizer, seq.gen_length, 32, model.info.stop_ids)
-        handles.append(GenerationHandle(seq, ("fastdllm", "x"), tracker, loop))
+        handles.append(GenerationHandle(seq, key, tracker, loop))
     scheduler.submit(handles)
     outcomes = []
     for h in handles:
@@ -91,3 +91,41 @@ def test_out_of_memory_sheds_newest_and_keeps_serving(model, runner_cls):
         assert asyncio.run(_run(scheduler, model, prompts[1:4])) == expected[1:4]
     finally:
         scheduler.stop()
+
+
+class FitsWithoutTheIdleCache:
+    """The real model, except that every forward runs out of memory while another runner's idle
+    KV cache is still allocated (as on a GPU shared by two algorithms' caches)."""
+
+    def __init__(self, model, idle_runner):
+        self.model, self.idle_runner = model, idle_runner
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        if self.idle_runner.pool.cache is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self.model(*args, **kwargs)
+
+
+def test_out_of_memory_frees_idle_runners_caches_before_failing_anyone(model):
+    """A runner keeps its KV cache after its last request (the next one reuses it and its CUDA
+    graphs); when another runner's step runs out of memory, the scheduler frees the idle cache
+    and retries the step: nobody gets a 503 and the outputs are what they would be."""
+    prompts = _prompts(model, 3)
+    idle = DualCacheRunner(model, max_batch_size=8)
+    runners = {("fastdllm", "idle"): idle, ("fastdllm", "busy"): DualCacheRunner(FitsWithoutTheIdleCache(model, idle), max_batch_size=8)}
+    scheduler = Scheduler(lambda key: runners[key])
+    scheduler.start()
+    try:
+        expected = asyncio.run(_run(scheduler, model, prompts, key=("fastdllm", "idle")))
+        assert all(kind == "ok" for kind, _ in expected)
+        assert idle.pool.cache is not None and not idle.sequences  # kept for the next request
+        assert asyncio.run(_run(scheduler, model, prompts, key=("fastdllm", "busy"))) == expected
+        assert idle.pool.cache is None
+        assert scheduler.stats.idle_memory_releases == 1 and scheduler.stats.requests_shed == 0
+        assert scheduler.runners[("fastdllm", "busy")].max_batch_size == 8  # no cap: nothing was shed
+    finally:
+        scheduler.stop()
+

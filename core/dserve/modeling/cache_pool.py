@@ -4,8 +4,13 @@ engines whose runners cache K/V: fastdllm, dinfer).
 Rows are handed out lowest-free-first when a sequence is admitted and given back when it is
 released. The tensors are allocated at the first cached forward and grow (rows geometrically up
 to the runner's batch size, positions in steps of `ROUND`) while keeping their contents, since
-rows in the middle of a block still need the K/V written at their block start. When the last
-sequence leaves, the tensors are dropped so an idle runner holds no device memory.
+rows in the middle of a block still need the K/V written at their block start.
+
+When the last sequence leaves, the tensors stay: the next request reuses them, and with them
+the CUDA graphs captured over them (graphs are bound to the cache's addresses, and recapturing
+them costs tens of milliseconds per shape, every request, for a client that sends one request
+at a time). `drop_idle()` frees them while no sequence runs; the scheduler calls it on idle
+runners when another runner's step runs out of device memory.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ class CachePool:
 
     def give(self, row: int) -> None:
         self.used.discard(row)
-        if not self.used:
-            self.cache = None
+
+    def drop_idle(self) -> bool:
+        """Free the tensors if no row is in use; True if there were any."""
+        if self.used or self.cache is None:
+            return False
+        self.cache = None
+        return True
 
     def reserve(self, capacity: int) -> KVCache:
         """The cache, grown if needed to hold every used row and `capacity` positions."""
