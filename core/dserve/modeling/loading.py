@@ -131,8 +131,9 @@ def load_native(
     its shape (`load_format="dummy"`: `random(cfg, dtype=, device=)`) or `build(cfg)` on the meta
     device with the checkpoint's tensors assigned by parameter name. `on_device(model, cfg,
     device)` recreates what is not in the checkpoint (non-persistent buffers such as RoPE
-    frequencies, which the meta device leaves empty). Returns (model in eval mode, checkpoint
-    directory); the caller adds its tokenizer."""
+    frequencies, which the meta device leaves empty). A model with `fuse_projections()` gets its
+    inference GEMMs fused once the weights are on their device (`random` fuses its own). Returns
+    (model in eval mode, checkpoint directory); the caller adds its tokenizer."""
     path = resolve_checkpoint_dir(path)
     raw = read_config(path)
     cfg = config_from_dict(raw)
@@ -144,6 +145,9 @@ def load_native(
     if on_device is not None:
         on_device(model, cfg, device)
     load_weights(model, path, dtype=dtype, device=device)
+    fuse = getattr(model, "fuse_projections", None)
+    if fuse is not None:
+        fuse()
     return model.eval().requires_grad_(False), path
 
 

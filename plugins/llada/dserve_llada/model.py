@@ -137,8 +137,6 @@ def load_llada(
         path, config_from_dict=LLaDAConfig.from_dict, build=LLaDAModel, random=random_llada, on_device=_rotary_on,
         dtype=dtype, device=device, load_format=load_format,
     )
-    if load_format != "dummy":
-        model.fuse_projections()
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model

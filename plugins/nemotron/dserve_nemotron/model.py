@@ -166,8 +166,6 @@ def load_nemotron(
         path, config_from_dict=NemotronConfig.from_dict, build=NemotronDiffusionModel, random=random_nemotron,
         on_device=_rotary_on, dtype=dtype, device=device, load_format=load_format,
     )
-    if load_format != "dummy":  # random_nemotron fused already
-        model.fuse_projections()
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
