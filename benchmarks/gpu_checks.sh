@@ -9,7 +9,8 @@
 #   published the same cells' published loops (needs .dev/published; see bench_engine.py)
 #   families  Nemotron-Labs-Diffusion-8B and Dream-7B shapes, batch 1 and 32
 #   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit weights
-#   scale     benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
+#   scale     the engine's batch-32 dual-cache cell on GPU 0 (the HTTP-versus-engine baseline), then
+#             benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
 # Source benchmarks/device_env.sh first on a bare device machine.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,6 +39,8 @@ for section in "$@"; do
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
         --quantization 8bit --json "$OUT/quant.json" > "$OUT/quant.txt" 2>&1 ;;
     scale)
+      python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
+        --json "$OUT/scale-engine.json" > "$OUT/scale-engine.txt" 2>&1
       counts=$(for n in 1 2 4 8; do [ "$n" -le "$GPUS" ] && printf '%s ' "$n"; done)
       bash benchmarks/scale_gpus.sh "$OUT/scale" "$counts" > "$OUT/scale.txt" 2>&1 ;;
     *)
