@@ -11,9 +11,10 @@ Reports tokens/s (batch x gen / wall time), ms per step and peak memory, as a ta
 Each cell runs once to warm up (allocations, kernels, graphs), then once timed.
 
 `--published-dir DIR` holds published code brought to the machine, never committed:
-`DIR/llada/generate.py` (ML-GSAI/LLaDA) and `DIR/fastdllm/{generate.py,model/}` (NVlabs/Fast-dLLM
-llada). Their loops run in the same process on the published model class holding the same
-weights, as the baseline.
+`DIR/llada/generate.py` (ML-GSAI/LLaDA), `DIR/fastdllm/{generate.py,model/}` (NVlabs/Fast-dLLM
+llada) and, for the `dinfer/...` loops, `DIR/dinfer_src/python/dinfer/` (inclusionAI/dInfer's
+python/dinfer). Their loops run in the same process on the published model class holding the
+same weights, as the baseline.
 """
 
 from __future__ import annotations
@@ -138,17 +139,14 @@ class PublishedLoops:
     """The published LLaDA and Fast-dLLM loops on the published model class (same weights)."""
 
     def __init__(self, root: Path, our_model, shape: dict):
+        self.root, self.our_model, self.shape, self.dinfer = root, our_model, shape, None
         sys.path.insert(0, str(root))
         self.llada = importlib.import_module("llada.generate")
         self.fastdllm = importlib.import_module("fastdllm.generate")
         modeling = importlib.import_module("fastdllm.model.modeling_llada")
         config_mod = importlib.import_module("fastdllm.model.configuration_llada")
-        cfg = dict(shape, architectures=["LLaDAModelLM"], activation_type="silu", block_type="llama", rope=True,
-                   rope_full_precision=True, layer_norm_type="rms", rms_norm_eps=1e-5, weight_tying=False,
-                   include_bias=False, include_qkv_bias=False, attention_dropout=0.0, residual_dropout=0.0,
-                   embedding_dropout=0.0, init_device="meta", pad_token_id=shape["eos_token_id"])
         with torch.device("meta"):
-            model = modeling.LLaDAModelLM(config_mod.LLaDAConfig(**cfg))
+            model = modeling.LLaDAModelLM(config_mod.LLaDAConfig(**_published_llada_config(shape)))
         model.config.use_cache = False
         # the same tensors as ours: no second copy of the weights
         model.load_state_dict(our_model.state_dict(), strict=False, assign=True)
@@ -164,6 +162,10 @@ class PublishedLoops:
         self.model.forward = counted
 
     def loop(self, name: str, prompts, gen, block, k) -> Callable[[], int]:
+        if name.startswith("dinfer/"):
+            if self.dinfer is None:
+                self.dinfer = PublishedDInfer(self.root / "dinfer_src" / "python", self.our_model, self.shape)
+            return self.dinfer.loop(name, prompts, gen, block)
         x = torch.tensor(prompts, device=self.model.device)
         fn = {"llada/generate": self.llada.generate, "fastdllm/generate": self.fastdllm.generate,
               "fastdllm/prefix_cache": self.fastdllm.generate_with_prefix_cache,
@@ -175,6 +177,72 @@ class PublishedLoops:
                 fn(self.model, x, steps=gen // k, gen_length=gen, block_length=block, temperature=0.0,
                    remasking="low_confidence", mask_id=self.mask_id)
             return self.forwards
+
+        return run
+
+
+def _published_llada_config(shape: dict) -> dict:
+    """The published LLaDA config keys for a shape (LLaDA-8B's fixed choices filled in)."""
+    return dict(shape, architectures=["LLaDAModelLM"], activation_type="silu", block_type="llama", rope=True,
+                rope_full_precision=True, layer_norm_type="rms", rms_norm_eps=1e-5, weight_tying=False,
+                include_bias=False, include_qkv_bias=False, attention_dropout=0.0, residual_dropout=0.0,
+                embedding_dropout=0.0, init_device="meta", pad_token_id=shape["eos_token_id"])
+
+
+class PublishedDInfer:
+    """inclusionAI/dInfer's decoders and iteration managers on dInfer's own LLaDA class holding the
+    same weights, configured as its benchmarks/benchmark.py does (threshold decoder,
+    `BlockIteratorFactory(start_block_align=True)`, dual KV cache), without early stop so that
+    every canvas decodes to the end like ours (`ignore_eos`).
+
+    The code is imported without running `dinfer/__init__.py` and `dinfer/model/__init__.py`
+    (they pull in the vLLM/SGLang serving stack and the MoE models); `vllm.distributed` is a
+    stub for one process (tensor-parallel rank 0 of 1), which is all the dense LLaDA class asks."""
+
+    LOOPS = {  # name -> (manager class, extra manager arguments); the defaults our dinfer engine mirrors
+        "dinfer/blockwise_dual": ("BlockWiseDiffusionLLM", {}),
+        "dinfer/vicinity_dual": ("VicinityCacheDiffusionLLM", {"prefix_look": 16, "after_look": 16, "warmup_steps": 4}),
+    }
+
+    def __init__(self, python_dir: Path, our_model, shape: dict):
+        import types
+
+        if "vllm.distributed" not in sys.modules:
+            vllm, distributed = types.ModuleType("vllm"), types.ModuleType("vllm.distributed")
+            distributed.get_tensor_model_parallel_rank = lambda: 0
+            distributed.get_tensor_model_parallel_world_size = lambda: 1
+            vllm.distributed = distributed
+            sys.modules.update({"vllm": vllm, "vllm.distributed": distributed})
+        for package in ("dinfer", "dinfer.model"):  # packages whose __init__ must not run
+            module = types.ModuleType(package)
+            module.__path__ = [str(python_dir.joinpath(*package.split(".")))]
+            sys.modules.setdefault(package, module)
+        self.decoding = importlib.import_module("dinfer.decoding")
+        modeling = importlib.import_module("dinfer.model.modeling_llada")
+        config = importlib.import_module("dinfer.model.configuration_llada").LLaDAConfig(**_published_llada_config(shape))
+        model_config = modeling.create_model_config_from_pretrained_config(config)
+        model_config.init_device = "meta"  # LLaDAModelLM alone would allocate on "cuda" (hard-coded)
+        with torch.device("meta"):
+            inner = modeling.LLaDAModel(model_config)
+        model = modeling.LLaDAModelLM(config, model=inner)
+        model.config.use_cache = False
+        model.load_state_dict(our_model.state_dict(), strict=False, assign=True)  # our tensors, no copy
+        self.model = model.eval().to(our_model.device)
+        self.mask_id, self.eos_id = shape["mask_token_id"], shape["eos_token_id"]
+
+    def loop(self, name: str, prompts, gen, block) -> Callable[[], int]:
+        d = self.decoding
+        manager, extra = self.LOOPS[name]
+        decoder = d.ThresholdParallelDecoder(temperature=0, threshold=0.9, mask_id=self.mask_id, eos_id=self.eos_id)
+        dllm = getattr(d, manager)(self.model, decoder, d.BlockIteratorFactory(start_block_align=True),
+                                   cache_factory=d.KVCacheFactory("dual"), early_stop=False, **extra)
+        x = torch.tensor(prompts, device=self.model.device)
+
+        def run() -> int:
+            before = dllm.num_forwards
+            with torch.inference_mode():
+                dllm.generate(x, gen_length=gen, block_length=block)
+            return dllm.num_forwards - before
 
         return run
 
@@ -204,7 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, default=32)
     p.add_argument("--algorithms", nargs="*", help="engine/algorithm names to time (default: all registered)")
     p.add_argument("--published-dir", type=Path, help="published code to time as the baseline (never committed)")
-    p.add_argument("--published", nargs="*", default=PUBLISHED, help="which published loops to time")
+    p.add_argument("--published", nargs="*", default=PUBLISHED, help="which published loops to time: "
+                   f"{', '.join(PUBLISHED)}, and (not by default) {', '.join(PublishedDInfer.LOOPS)}")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")

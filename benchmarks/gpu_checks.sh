@@ -6,7 +6,8 @@
 # Sections (each writes OUTDIR/SECTION.txt and, where there is one, OUTDIR/SECTION.json):
 #   tests     pytest -m gpu tests/gpu (graphed == eager for every graphable runner, real OOM)
 #   engine    LLaDA-8B engine cells at batch 1, 8 and 32 (1 and 4 tokens per step), dserve only
-#   published the same cells' published loops (needs .dev/published; see bench_engine.py)
+#   published the same cells' published loops (needs .dev/published; see bench_engine.py), and the
+#             published dInfer managers next to dinfer/dinfer_blockwise (threshold decoding: one schedule)
 #   families  Nemotron-Labs-Diffusion-8B and Dream-7B shapes, batch 1 and 32
 #   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit weights
 #   scale     the engine's batch-32 dual-cache cell on GPU 0 (the HTTP-versus-engine baseline), then
@@ -29,7 +30,10 @@ for section in "$@"; do
         --json "$OUT/engine.json" > "$OUT/engine.txt" 2>&1 ;;
     published)
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 1 4 --algorithms fastdllm/dual_cache \
-        --published-dir .dev/published --json "$OUT/published.json" > "$OUT/published.txt" 2>&1 ;;
+        --published-dir .dev/published --json "$OUT/published.json" > "$OUT/published.txt" 2>&1
+      python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 1 --algorithms dinfer/dinfer_blockwise \
+        --published-dir .dev/published --published dinfer/vicinity_dual dinfer/blockwise_dual \
+        --json "$OUT/published-dinfer.json" >> "$OUT/published.txt" 2>&1 ;;
     families)
       python3 benchmarks/bench_engine.py --shape nemotron-labs-diffusion-8b --batch 1 32 --tokens-per-step 1 4 \
         --json "$OUT/nemotron.json" > "$OUT/families.txt" 2>&1
