@@ -49,12 +49,15 @@ class CachePool:
         if old is not None and old.num_rows >= rows and old.capacity >= capacity:
             return old
         old_rows, old_cap = (old.num_rows, old.capacity) if old is not None else (0, 0)
-        new_rows = max(rows, old_rows, min(2 * old_rows, self.max_rows))
+        # rows past the highest one in use hold nothing to keep (say, a cache kept from earlier
+        # requests): size the new cache by the rows in use, doubling, not by the old cache
+        live = min(old_rows, rows)
+        new_rows = max(rows, min(2 * live, self.max_rows))
         new_cap = -(-max(capacity, old_cap) // ROUND) * ROUND
         new = self.model.new_kv_cache(new_rows, new_cap)
         if old is not None:
             for src, dst in zip(old.layers, new.layers):
-                dst.k[:old_rows, :, :old_cap] = src.k
-                dst.v[:old_rows, :, :old_cap] = src.v
+                dst.k[:live, :, :old_cap] = src.k[:live]
+                dst.v[:live, :, :old_cap] = src.v[:live]
         self.cache = new
         return new
