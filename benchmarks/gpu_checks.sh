@@ -9,7 +9,7 @@
 #   published the same cells' published loops (needs .dev/published; see bench_engine.py), and the
 #             published dInfer managers next to dinfer/dinfer_blockwise (threshold decoding: one schedule)
 #   families  Nemotron-Labs-Diffusion-8B and Dream-7B shapes, batch 1 and 32
-#   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit weights
+#   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit, then 4bit weights
 #   scale     the engine's batch-32 dual-cache cell on GPU 0 (the HTTP-versus-engine baseline), then
 #             benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
 # Source benchmarks/device_env.sh first on a bare device machine.
@@ -41,7 +41,9 @@ for section in "$@"; do
         --algorithms dream/entropy fastdllm/dual_cache --json "$OUT/dream.json" >> "$OUT/families.txt" 2>&1 ;;
     quant)
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
-        --quantization 8bit --json "$OUT/quant.json" > "$OUT/quant.txt" 2>&1 ;;
+        --quantization 8bit --json "$OUT/quant.json" > "$OUT/quant.txt" 2>&1
+      python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
+        --quantization 4bit --json "$OUT/quant4.json" >> "$OUT/quant.txt" 2>&1 ;;
     scale)
       python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
         --json "$OUT/scale-engine.json" > "$OUT/scale-engine.txt" 2>&1
