@@ -11,6 +11,12 @@ the CUDA graphs captured over them (graphs are bound to the cache's addresses, a
 them costs tens of milliseconds per shape, every request, for a client that sends one request
 at a time). `drop_idle()` frees them while no sequence runs; the scheduler calls it on idle
 runners when another runner's step runs out of device memory.
+
+Trade-off: a kept cache keeps the largest capacity it grew to, and cached forwards attend over
+all of it (the key mask hides the unused slots), so after one very long request shorter ones
+pay attention over the longer span until the cache is released. The cache does not shrink
+while rows are in use, because `reserve` only sees the current forward's need, not every
+running sequence's.
 """
 
 from __future__ import annotations
