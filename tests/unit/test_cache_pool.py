@@ -54,3 +54,19 @@ def test_drop_idle_keeps_a_cache_in_use():
     pool.reserve(10)
     assert not pool.drop_idle() and pool.cache is not None
     assert isinstance(pool.cache.layers[0].k, torch.Tensor)
+
+
+def test_an_idle_pool_drops_a_kept_cache_far_larger_than_the_next_sequence_needs():
+    pool = CachePool(MODEL, max_rows=4)
+    row = pool.take(1000)
+    kept = pool.reserve(1000)
+    pool.give(row)
+    assert pool.cache is kept and kept.capacity == 1024
+    row = pool.take(600)  # within OVERSIZE (2x) of 1024: reused, graphs and all
+    assert pool.cache is kept
+    pool.give(row)
+    row = pool.take(100)  # a tenth: attending over 1024 slots every step is not worth keeping it
+    assert pool.cache is None
+    assert pool.reserve(100).capacity == 128
+    pool.take(5000)  # not idle: a running sequence's cache is never dropped
+    assert pool.cache is not None

@@ -14,9 +14,10 @@ runners when another runner's step runs out of device memory.
 
 Trade-off: a kept cache keeps the largest capacity it grew to, and cached forwards attend over
 all of it (the key mask hides the unused slots), so after one very long request shorter ones
-pay attention over the longer span until the cache is released. The cache does not shrink
-while rows are in use, because `reserve` only sees the current forward's need, not every
-running sequence's.
+pay attention over the longer span. Bounded: a sequence that finds the pool idle passes its
+canvas length to `take`, and a kept cache more than OVERSIZE times that is dropped. The cache
+does not shrink while rows are in use (`reserve` only sees the current forward's need, not
+every running sequence's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dserve.modeling import DiffusionModel, KVCache
 
 ROUND = 64  # capacity granularity (positions)
+OVERSIZE = 2  # an idle pool's kept cache more than this many times a new sequence's need is dropped
 
 
 class CachePool:
@@ -33,7 +35,12 @@ class CachePool:
         self.cache: KVCache | None = None
         self.used: set[int] = set()
 
-    def take(self) -> int:
+    def take(self, capacity: int | None = None) -> int:
+        """A free row for a new sequence. `capacity` (the positions it will use) lets an idle
+        pool drop a kept cache more than OVERSIZE times larger rather than attend over it."""
+        if not self.used and capacity is not None and self.cache is not None:
+            if self.cache.capacity > OVERSIZE * _rounded(capacity):
+                self.cache = None
         row = next(i for i in range(len(self.used) + 1) if i not in self.used)
         self.used.add(row)
         return row
@@ -59,7 +66,7 @@ class CachePool:
         # requests): size the new cache by the rows in use, doubling, not by the old cache
         live = min(old_rows, rows)
         new_rows = max(rows, min(2 * live, self.max_rows))
-        new_cap = -(-max(capacity, old_cap) // ROUND) * ROUND
+        new_cap = _rounded(max(capacity, old_cap))
         new = self.model.new_kv_cache(new_rows, new_cap)
         if old is not None:
             for src, dst in zip(old.layers, new.layers):
@@ -67,3 +74,7 @@ class CachePool:
                 dst.v[:live, :, :old_cap] = src.v[:live]
         self.cache = new
         return new
+
+
+def _rounded(capacity: int) -> int:
+    return -(-capacity // ROUND) * ROUND

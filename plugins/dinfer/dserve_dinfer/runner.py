@@ -131,7 +131,7 @@ class DInferRunner(AlgorithmRunner):
         blocks = [(s, min(s + p.block_length, L)) for s in range(first, L, p.block_length)]
         st = _State(canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos)
         if p.cache != "none":
-            st.cache_row = self.pool.take()
+            st.cache_row = self.pool.take(len(canvas))
         if self.record_forwards:
             st.forwards = []
         self._init_extra(seq, st)

@@ -238,7 +238,7 @@ class _CachedRunner(BasicRunner):
 
     def init_state(self, seq: Sequence) -> _State:
         st = super().init_state(seq)
-        st.cache_row = self.pool.take()
+        st.cache_row = self.pool.take(len(st.canvas))
         return st
 
     def free_state(self, seq: Sequence) -> None:

@@ -33,7 +33,7 @@ class AutoregressiveRunner(CachedRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
-        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row())
+        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq))
 
     def _row(self, seq: Sequence) -> RowInput:
         st: _State = seq.engine_state

@@ -74,7 +74,7 @@ class BlockDiffusionRunner(CachedRunner):
             num_blocks=seq.gen_length // p.block_length,
             steps_per_block=p.steps_per_block(seq.gen_length),
             causal=causal,
-            cache_row=self.take_cache_row(),
+            cache_row=self.take_cache_row(seq),
         )
 
     def _row(self, st: _State) -> RowInput:

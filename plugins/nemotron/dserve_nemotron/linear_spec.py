@@ -44,7 +44,7 @@ class LinearSpecRunner(CachedRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
-        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row())
+        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq))
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:

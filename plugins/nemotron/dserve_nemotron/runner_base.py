@@ -22,8 +22,8 @@ class CachedRunner(AlgorithmRunner):
         self.pool = CachePool(model, max_batch_size)
         self.stop_ids = frozenset(model.info.stop_ids)
 
-    def take_cache_row(self) -> int:
-        return self.pool.take()
+    def take_cache_row(self, seq: Sequence) -> int:
+        return self.pool.take(seq.prompt_len + seq.gen_length)
 
     def free_state(self, seq: Sequence) -> None:
         st = seq.engine_state
