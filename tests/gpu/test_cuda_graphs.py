@@ -93,3 +93,24 @@ def test_nemotron_gives_the_same_tokens_with_graphs(name):
     graphed = GraphedModel(model)
     assert run(graphed) == run(model)
     assert graphed._graphs, "no forward was graphed"
+
+
+def test_a_second_request_replays_the_first_ones_graphs(model):
+    """A runner keeps its KV cache between requests, so the CUDA graphs captured for the first
+    request (bound to that cache) serve the next one with the same shapes: no new capture."""
+    spec = get_registry().engine("fastdllm").algorithm("dual_cache")
+    params = spec.load_params()(steps=16, block_length=16)
+    graphed = GraphedModel(model)
+    runner = spec.load_runner()(graphed, max_batch_size=4)
+    eager_runner = spec.load_runner()(model, max_batch_size=4)
+
+    def one(r, prompt):
+        seq = Sequence(prompt, 48, params)
+        return run_to_completion(r, [seq])[seq.seq_id]
+
+    first = one(runner, list(range(10, 40)))
+    captured = set(graphed._graphs)
+    assert captured, "nothing was graphed"
+    second = one(runner, list(range(50, 80)))  # same length, other tokens
+    assert set(graphed._graphs) == captured  # replayed, not recaptured
+    assert (first, second) == (one(eager_runner, list(range(10, 40))), one(eager_runner, list(range(50, 80))))
