@@ -249,11 +249,12 @@ class Scheduler:
         try:
             results = runner.step()
         except Exception as exc:  # noqa: BLE001
-            if _is_out_of_memory(exc) and self._release_idle_memory():
-                return  # the step is retried next iteration (it changed no state) with that memory free
-            if _is_out_of_memory(exc) and batch > 1:
-                self._shed(runner)
-                return
+            if _is_out_of_memory(exc):
+                if self._release_idle_memory():
+                    return  # the step is retried next iteration (it changed no state) with that memory free
+                if batch > 1:
+                    self._shed(runner)
+                    return
             log.exception("engine step failed", batch_size=batch)
             self._fail_sequences(runner, list(runner.sequences), self._step_error(exc))
             return

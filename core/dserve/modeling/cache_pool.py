@@ -12,12 +12,12 @@ them costs tens of milliseconds per shape, every request, for a client that send
 at a time). `drop_idle()` frees them while no sequence runs; the scheduler calls it on idle
 runners when another runner's step runs out of device memory.
 
-Trade-off: a kept cache keeps the largest capacity it grew to, and cached forwards attend over
-all of it (the key mask hides the unused slots), so after one very long request shorter ones
-pay attention over the longer span. Bounded: a sequence that finds the pool idle passes its
-canvas length to `take`, and a kept cache more than OVERSIZE times that is dropped. The cache
-does not shrink while rows are in use (`reserve` only sees the current forward's need, not
-every running sequence's).
+Each sequence tells `take` how many positions it will use (its canvas), and `reserve` always
+covers every row in use, so a cache sized at a sequence's first forward holds it to the end:
+the cache, and the graphs over it, do not change while it runs. Trade-off: a kept cache keeps
+the largest capacity it grew to, and cached forwards attend over all of it (the key mask hides
+the unused slots); a sequence that finds the pool idle and needs less than 1/OVERSIZE of it
+gets a new one instead.
 """
 
 from __future__ import annotations
@@ -34,19 +34,23 @@ class CachePool:
         self.max_rows = max_rows
         self.cache: KVCache | None = None
         self.used: set[int] = set()
+        self._positions: dict[int, int] = {}  # row -> positions its sequence will use
+        self._need = 0  # the largest of those (kept here: reserve runs every step)
 
-    def take(self, capacity: int | None = None) -> int:
-        """A free row for a new sequence. `capacity` (the positions it will use) lets an idle
-        pool drop a kept cache more than OVERSIZE times larger rather than attend over it."""
-        if not self.used and capacity is not None and self.cache is not None:
-            if self.cache.capacity > OVERSIZE * _rounded(capacity):
-                self.cache = None
+    def take(self, positions: int | None = None) -> int:
+        """A free row for a new sequence that will use `positions` cache slots (None: unknown)."""
+        if positions is not None and self.cache is not None and self.cache.capacity > OVERSIZE * _rounded(positions):
+            self.drop_idle()  # only while idle: far larger than needed, not worth attending over
         row = next(i for i in range(len(self.used) + 1) if i not in self.used)
         self.used.add(row)
+        self._positions[row] = positions or 0
+        self._need = max(self._need, self._positions[row])
         return row
 
     def give(self, row: int) -> None:
         self.used.discard(row)
+        self._positions.pop(row, None)
+        self._need = max(self._positions.values(), default=0)
 
     def drop_idle(self) -> bool:
         """Free the tensors if no row is in use; True if there were any."""
@@ -56,8 +60,10 @@ class CachePool:
         return True
 
     def reserve(self, capacity: int) -> KVCache:
-        """The cache, grown if needed to hold every used row and `capacity` positions."""
+        """The cache, grown if needed to hold every used row, `capacity` positions and every
+        used row's `take(positions)`."""
         rows = max(self.used) + 1
+        capacity = max(capacity, self._need)
         old = self.cache
         if old is not None and old.num_rows >= rows and old.capacity >= capacity:
             return old

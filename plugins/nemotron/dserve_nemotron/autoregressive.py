@@ -33,14 +33,13 @@ class AutoregressiveRunner(CachedRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
-        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq))
+        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq.prompt_len + seq.gen_length))
 
     def _row(self, seq: Sequence) -> RowInput:
         st: _State = seq.engine_state
-        end = seq.prompt_len + seq.gen_length
         if st.generated == 0:
-            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False, capacity=end)
-        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False, capacity=end)
+            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False)
+        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:

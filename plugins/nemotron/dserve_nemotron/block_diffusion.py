@@ -74,17 +74,16 @@ class BlockDiffusionRunner(CachedRunner):
             num_blocks=seq.gen_length // p.block_length,
             steps_per_block=p.steps_per_block(seq.gen_length),
             causal=causal,
-            cache_row=self.take_cache_row(seq),
+            cache_row=self.take_cache_row(len(canvas)),
         )
 
     def _row(self, st: _State) -> RowInput:
-        end = len(st.canvas)
         if st.phase == PREFILL:
-            return RowInput(st.canvas[: st.prompt_len], 0, st.causal, st.cache_row, all_logits=False, capacity=end)
+            return RowInput(st.canvas[: st.prompt_len], 0, st.causal, st.cache_row, all_logits=False)
         s, e = st.block_range
         if st.phase == DENOISE:
-            return RowInput(st.canvas[s:e], s, False, st.cache_row, all_logits=True, capacity=end)
-        return RowInput(st.canvas[s:e], s, st.causal, st.cache_row, all_logits=False, capacity=end)
+            return RowInput(st.canvas[s:e], s, False, st.cache_row, all_logits=True)
+        return RowInput(st.canvas[s:e], s, st.causal, st.cache_row, all_logits=False)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:

@@ -32,8 +32,6 @@ class RowInput:
     causal: bool  # causal inside the input (else bidirectional)
     cache_row: int
     all_logits: bool  # logits for every input position (else only the last one)
-    capacity: int = 0  # positions the row will ever use: reserved at once, so the cache (and
-    # the CUDA graphs captured over it) does not change while the sequence runs
 
 
 def forward_over_cache(model: DiffusionModel, pool: CachePool, rows: list[RowInput], *, graphed: bool = True) -> list[torch.Tensor]:
@@ -46,7 +44,7 @@ def forward_over_cache(model: DiffusionModel, pool: CachePool, rows: list[RowInp
     order = sorted(range(len(rows)), key=lambda i: rows[i].cache_row)  # consecutive rows: no copy
     ordered = [rows[i] for i in order]
     T = max(len(r.tokens) for r in ordered)
-    cache = pool.reserve(max(max(r.start + T, r.capacity) for r in ordered))
+    cache = pool.reserve(max(r.start + T for r in ordered))
 
     ids = torch.full((len(ordered), T), model.info.mask_id, dtype=torch.long, device=device)
     for i, r in enumerate(ordered):

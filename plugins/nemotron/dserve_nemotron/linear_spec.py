@@ -44,7 +44,9 @@ class LinearSpecRunner(CachedRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
-        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq))
+        # a draft block may start at the last generated position and reach a block past the end
+        positions = seq.prompt_len + seq.gen_length + seq.params.block_length
+        return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(positions))
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
@@ -53,7 +55,7 @@ class LinearSpecRunner(CachedRunner):
         rounds = [s for s in seqs if s.engine_state.generated > 0]
         results = {}
         prefill = self.forward(
-            [RowInput(s.engine_state.prompt, 0, True, s.engine_state.cache_row, False, self._capacity(s)) for s in fresh],
+            [RowInput(s.engine_state.prompt, 0, True, s.engine_state.cache_row, False) for s in fresh],
             graphed=False,
         )
         for seq, logits in zip(fresh, prefill):
@@ -75,12 +77,7 @@ class LinearSpecRunner(CachedRunner):
 
     def _block_row(self, seq: Sequence, block: torch.Tensor, *, causal: bool) -> RowInput:
         st: _State = seq.engine_state
-        return RowInput(block, st.cache_len(seq.prompt_len), causal, st.cache_row, all_logits=True, capacity=self._capacity(seq))
-
-    @staticmethod
-    def _capacity(seq: Sequence) -> int:
-        # a draft block may start at the last generated position and reach a block past the end
-        return seq.prompt_len + seq.gen_length + seq.params.block_length
+        return RowInput(block, st.cache_len(seq.prompt_len), causal, st.cache_row, all_logits=True)
 
     def _fill(self, seq: Sequence, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         p: LinearSpecParams = seq.params

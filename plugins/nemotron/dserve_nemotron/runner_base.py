@@ -22,8 +22,10 @@ class CachedRunner(AlgorithmRunner):
         self.pool = CachePool(model, max_batch_size)
         self.stop_ids = frozenset(model.info.stop_ids)
 
-    def take_cache_row(self, seq: Sequence) -> int:
-        return self.pool.take(seq.prompt_len + seq.gen_length)
+    def take_cache_row(self, positions: int) -> int:
+        """A cache row reserved for `positions` slots at the sequence's first forward, so the
+        cache (and the CUDA graphs captured over it) does not change while the sequence runs."""
+        return self.pool.take(positions)
 
     def free_state(self, seq: Sequence) -> None:
         st = seq.engine_state
