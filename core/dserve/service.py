@@ -64,9 +64,11 @@ class GenerationService:
 
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 torch.cuda.set_per_process_memory_fraction(self.settings.gpu_memory_utilization, index)
-            model, spec = load_model(
-                path, self.registry, dtype=self.settings.dtype, device=device, load_format=self.settings.load_format
-            )
+            dtype = self.settings.dtype
+            if dtype == "auto" and self.settings.quantization == "4bit" and device.type == "cuda":
+                dtype = "bfloat16"  # the int4 CUDA kernel takes bfloat16 only (vLLM also downcasts)
+                log.info("4bit weights on CUDA: loading in bfloat16")
+            model, spec = load_model(path, self.registry, dtype=dtype, device=device, load_format=self.settings.load_format)
             apply_speed_settings(model, self.settings)
             if self.settings.tokenizer:
                 from dserve.modeling.tokenizer import load_tokenizer

@@ -1,7 +1,7 @@
 """Weight-only quantization (`--quantization 8bit|4bit`) through torchao.
 
 Every `nn.Linear` of the model (projections, MLP, LM head) gets int8 (per output channel) or
-int4 (groups of 128) weights; activations stay in the model's dtype. torchao is the maintained
+int4 (groups of 128; tinygemm's layout on CUDA) weights; activations stay in the model's dtype. torchao is the maintained
 PyTorch-native library for this and runs on the CPU and the GPU (bitsandbytes is GPU-only);
 it is an optional dependency: `pip install dserve[quant]`. Fused projections
 (dserve.modeling.fused) are undone first: the quantized weights live in the original modules.
@@ -9,6 +9,7 @@ it is an optional dependency: `pip install dserve[quant]`. Fused projections
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 MODES = ("8bit", "4bit")
@@ -24,7 +25,17 @@ def quantize_weights(model: nn.Module, mode: str) -> None:
     unfuse = getattr(model, "unfuse_projections", None)
     if unfuse is not None:
         unfuse()
-    config = Int8WeightOnlyConfig() if mode == "8bit" else Int4WeightOnlyConfig(group_size=128)
+    if mode == "8bit":
+        config = Int8WeightOnlyConfig()
+    else:
+        # On CUDA, tinygemm's tile-packed layout: its kernel ships inside torch, while torchao's
+        # default ("plain") layout needs the separate mslk package.
+        weight = next(model.parameters())
+        on_cuda = weight.device.type == "cuda"
+        if on_cuda and weight.dtype != torch.bfloat16:
+            raise RuntimeError(f"4bit weights on CUDA need a bfloat16 model (--dtype bfloat16), not {weight.dtype}")
+        packing = "tile_packed_to_4d" if on_cuda else "plain"
+        config = Int4WeightOnlyConfig(group_size=128, int4_packing_format=packing)
     try:
         quantize_(model, config, filter_fn=lambda module, _name: isinstance(module, nn.Linear))
     except (ImportError, RuntimeError, NotImplementedError) as exc:
