@@ -21,13 +21,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 120.0):
+    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 120.0, wait_for: str = "/health/ready"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="dserve-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "dserve", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.wait_for = wait_for  # "/health/live" for a server whose model is expected to fail
         self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -36,7 +37,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.wait_for, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -5,6 +5,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+
+import httpx
 
 from dserve.evaluation import generate_examples
 from dserve.evaluation.harness import evaluate
@@ -36,3 +39,29 @@ def test_dserve_eval_command_reports_table_and_json(server, tmp_path):
     rows = results["results"] if isinstance(results, dict) else results
     assert {r["algorithm"] for r in rows} == {"llada/reference", "fastdllm/dual_cache"}
     assert "accuracy" in run.stdout.lower()
+
+
+def test_dserve_eval_stops_at_once_when_the_model_failed_to_load(tmp_path):
+    """A server whose model cannot load stays up for its probes and says why on /health;
+    `dserve eval` reports that error and exits instead of waiting out --ready-timeout."""
+    from e2e.server import ServerProcess
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"architectures": ["NoSuchModel"]}))
+    server = ServerProcess("--model", str(broken), wait_for="/health/live")
+    try:
+        deadline = time.monotonic() + 60
+        while (health := httpx.get(server.url + "/health").json())["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health["status"] == "error" and "NoSuchModel" in health["error"], health
+        started = time.monotonic()
+        run = subprocess.run(
+            [sys.executable, "-m", "dserve", "eval", "--url", server.url, "--num-samples", "2", "--ready-timeout", "120"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert "failed to load its model" in run.stderr and "NoSuchModel" in run.stderr, run.stderr
+        assert time.monotonic() - started < 60  # not the 120 s --ready-timeout
+    finally:
+        server.stop()

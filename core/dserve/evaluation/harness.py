@@ -233,8 +233,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+class ModelLoadFailed(RuntimeError):
+    """The server is up but says (on /health) that its model failed to load."""
+
+
 async def wait_for_model(url: str, api_key: str | None = None, timeout: float = 300.0) -> str | None:
-    """Poll /v1/models until the server lists a model (it may still be loading); its id, or None."""
+    """Poll /v1/models until the server lists a model (it may still be loading); its id, or None.
+    Raises ModelLoadFailed at once when a dserve server's /health reports a failed load."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=_base_url(url), timeout=30.0, headers=headers) as c:
@@ -244,6 +249,9 @@ async def wait_for_model(url: str, api_key: str | None = None, timeout: float = 
                 data = r.json().get("data") or []
                 if data:
                     return data[0]["id"]
+                health = (await c.get("/health")).json()
+                if isinstance(health, dict) and health.get("status") == "error":
+                    raise ModelLoadFailed(str(health.get("error")))
             except (httpx.HTTPError, ValueError, KeyError, IndexError, AttributeError):
                 pass
             if time.monotonic() >= deadline:
@@ -258,7 +266,11 @@ async def _main(args: argparse.Namespace) -> int:
     algorithms = args.algorithm or [None]
     for a in algorithms:
         parse_algorithm(a)  # fail early on a malformed spec
-    model = await wait_for_model(args.url, args.api_key, args.ready_timeout)
+    try:
+        model = await wait_for_model(args.url, args.api_key, args.ready_timeout)
+    except ModelLoadFailed as exc:
+        print(f"dserve eval: the server at {args.url} failed to load its model: {exc}", file=sys.stderr)
+        return 2
     if model is None:
         print(f"dserve eval: no model listed at {args.url}/v1/models after {args.ready_timeout:.0f}s", file=sys.stderr)
         return 2
