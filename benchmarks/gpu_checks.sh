@@ -9,7 +9,9 @@
 #   published the same cells' published loops (needs .dev/published; see bench_engine.py), and the
 #             published dInfer managers next to dinfer/dinfer_blockwise (threshold decoding: one schedule)
 #   families  Nemotron-Labs-Diffusion-8B and Dream-7B shapes, batch 1 and 32
-#   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit, then 4bit weights
+#   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit, then 4bit weights; then
+#             the embedded model's held-out accuracy through a GPU server, bf16 and 4bit (int4 has
+#             no CPU kernel here, so its quality can only be measured on the device)
 #   scale     the engine's batch-32 dual-cache cell on GPU 0 (the HTTP-versus-engine baseline), then
 #             benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
 # Source benchmarks/device_env.sh first on a bare device machine.
@@ -43,7 +45,17 @@ for section in "$@"; do
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
         --quantization 8bit --json "$OUT/quant.json" > "$OUT/quant.txt" 2>&1
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
-        --quantization 4bit --json "$OUT/quant4.json" >> "$OUT/quant.txt" 2>&1 ;;
+        --quantization 4bit --json "$OUT/quant4.json" >> "$OUT/quant.txt" 2>&1
+      for weights in bf16 4bit; do
+        flags=$([ "$weights" = 4bit ] && echo "--quantization 4bit")
+        dserve serve --device cuda --port 8134 --max-batch-size 64 $flags > "$OUT/quant-server-$weights.log" 2>&1 &
+        server=$!
+        echo "## embedded model, $weights weights, GPU server" >> "$OUT/quant.txt"
+        dserve eval --url http://127.0.0.1:8134 --num-samples 100 --concurrency 64 --max-tokens 64 \
+          --algorithm llada/reference --algorithm fastdllm/dual_cache --param threshold=0.9 --repeat-check 5 \
+          --ready-timeout 180 --output "$OUT/quality-$weights.json" >> "$OUT/quant.txt" 2>&1
+        kill "$server"; wait "$server"
+      done ;;
     scale)
       python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
         --json "$OUT/scale-engine.json" > "$OUT/scale-engine.txt" 2>&1
