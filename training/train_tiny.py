@@ -313,9 +313,10 @@ class Batcher:
     so right padding (hidden from attention, no loss) wastes little compute.
     """
 
-    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8, chat: ChatFormat = LLADA_CHAT):
+    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8, chat: ChatFormat = LLADA_CHAT,
+                 kinds: list[str] | None = None):
         self.tok, self.batch_size, self.max_response, self.pool = tok, batch_size, max_response, pool
-        self.examples = iter_examples(seed, "train")
+        self.examples = iter_examples(seed, "train", kinds)  # a kind listed twice is drawn twice as often
         self.rng = random.Random(f"batcher:{seed}")
         self.eos, self.eot = tok.convert_tokens_to_ids(chat.eos), tok.convert_tokens_to_ids(chat.eot)
         self.queue: list[list[tuple[list[int], list[int]]]] = []
@@ -507,6 +508,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tar", type=Path, default=None, help="also write the checkpoint as this .tar.gz (remote runs)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out (no training)")
+    ap.add_argument("--kinds", default=None,
+                    help="comma-separated task kinds to train on; repeat a kind to weight it (default: all, uniform)")
     ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights (same config)")
     return ap.parse_args(argv)
 
@@ -580,7 +583,8 @@ def main(argv=None) -> int:
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
-    batcher = Batcher(tok, args.seed, args.batch_size, args.max_response, chat=arch.chat)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+    batcher = Batcher(tok, args.seed, args.batch_size, args.max_response, chat=arch.chat, kinds=kinds)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     quick = generate_examples(args.quick_eval_samples, seed=args.eval_seed + 1, split="heldout")
