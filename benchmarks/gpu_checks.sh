@@ -47,7 +47,8 @@ for section in "$@"; do
       python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
         --quantization 4bit --json "$OUT/quant4.json" >> "$OUT/quant.txt" 2>&1
       for weights in bf16 4bit; do
-        flags=$([ "$weights" = 4bit ] && echo "--quantization 4bit")
+        # the embedded checkpoint is float32: ask for bf16 explicitly (4bit loads in bf16 by itself)
+        flags=$([ "$weights" = 4bit ] && echo "--quantization 4bit" || echo "--dtype bfloat16")
         dserve serve --device cuda --port 8134 --max-batch-size 64 $flags > "$OUT/quant-server-$weights.log" 2>&1 &
         server=$!
         echo "## embedded model, $weights weights, GPU server" >> "$OUT/quant.txt"
