@@ -12,6 +12,10 @@
 #   quant     LLaDA-8B dual cache at batch 1 and 32 with --quantization 8bit, then 4bit weights; then
 #             the embedded model's held-out accuracy through a GPU server, bf16 and 4bit (int4 has
 #             no CPU kernel here, so its quality can only be measured on the device)
+#   published-b32k1  what the 2026-11-28 run left unmeasured, part 1 (~7 min): the batch-32
+#             one-token published Fast-dLLM cells next to ours
+#   memory    part 2 (~3 min): apd at batch 32, and GPU memory per request at generation 256 and
+#             512 (dual cache, batch 1 and 32: (peak32 - peak1) / 31)
 #   scale     the engine's batch-32 dual-cache cell on GPU 0 (the HTTP-versus-engine baseline), then
 #             benchmarks/scale_gpus.sh over 1, 2, 4, 8 workers (as many as there are GPUs)
 # Source benchmarks/device_env.sh first on a bare device machine.
@@ -56,6 +60,17 @@ for section in "$@"; do
           --algorithm llada/reference --algorithm fastdllm/dual_cache --param threshold=0.9 --repeat-check 5 \
           --ready-timeout 180 --output "$OUT/quality-$weights.json" >> "$OUT/quant.txt" 2>&1
         kill "$server"; wait "$server"
+      done ;;
+    published-b32k1)
+      python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 1 --algorithms fastdllm/basic fastdllm/prefix_cache \
+        --published-dir .dev/published --published fastdllm/generate fastdllm/prefix_cache \
+        --json "$OUT/published-b32k1.json" > "$OUT/published-b32k1.txt" 2>&1 ;;
+    memory)
+      python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 4 --algorithms fastdllm/apd \
+        --json "$OUT/apd-b32.json" > "$OUT/memory.txt" 2>&1
+      for gen in 256 512; do
+        python3 benchmarks/bench_engine.py --batch 1 32 --tokens-per-step 4 --gen "$gen" --algorithms fastdllm/dual_cache \
+          --json "$OUT/memory-gen$gen.json" >> "$OUT/memory.txt" 2>&1
       done ;;
     scale)
       python3 benchmarks/bench_engine.py --batch 32 --tokens-per-step 4 --algorithms fastdllm/dual_cache \
