@@ -1,8 +1,9 @@
 """Weight-only quantization (`--quantization 8bit|4bit`) through torchao.
 
 Every `nn.Linear` of the model (projections, MLP, LM head) gets int8 (per output channel) or
-int4 (groups of 128; tinygemm's layout on CUDA) weights; activations stay in the model's dtype. torchao is the maintained
-PyTorch-native library for this and runs on the CPU and the GPU (bitsandbytes is GPU-only);
+int4 (groups of 128; tinygemm's layout on CUDA) weights; activations stay in the model's dtype.
+torchao is the maintained PyTorch-native library for this and runs on the CPU and the GPU
+(bitsandbytes is GPU-only);
 it is an optional dependency: `pip install dserve[quant]`. Fused projections
 (dserve.modeling.fused) are undone first: the quantized weights live in the original modules.
 """
