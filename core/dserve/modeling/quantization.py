@@ -3,9 +3,9 @@
 Every `nn.Linear` of the model (projections, MLP, LM head) gets int8 (per output channel) or
 int4 (groups of 128; tinygemm's layout on CUDA) weights; activations stay in the model's dtype.
 torchao is the maintained PyTorch-native library for this and runs on the CPU and the GPU
-(bitsandbytes is GPU-only);
-it is an optional dependency: `pip install dserve[quant]`. Fused projections
-(dserve.modeling.fused) are undone first: the quantized weights live in the original modules.
+(bitsandbytes is GPU-only); it is an optional dependency: `pip install dserve[quant]`. Fused
+projections (dserve.modeling.fused) are undone first: the quantized weights live in the
+original modules.
 """
 
 from __future__ import annotations
