@@ -53,11 +53,7 @@ class LLaDABlock(nn.Module):
             q, k, v = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), qkv[:, :, nqk:].transpose(1, 2)
         a = attention(q, k, v, positions, attention_mask, cache)
         x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, -1))
-        h = self.ff_norm(x)
-        if self.gate_up_weight is None:
-            return x + swiglu(h, self.ff_proj, self.up_proj, self.ff_out)
-        gate, up = nn.functional.linear(h, self.gate_up_weight).chunk(2, dim=-1)
-        return x + self.ff_out(nn.functional.silu(gate) * up)
+        return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out, self.gate_up_weight)
 
     def fuse_projections(self) -> None:
         """Inference only: q/k/v and gate/up as one GEMM each (dserve.modeling.fused)."""

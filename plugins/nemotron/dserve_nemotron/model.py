@@ -78,11 +78,7 @@ class NemotronLayer(nn.Module):
     def forward(self, x, rotary, cos, sin, q_scale, positions, attention_mask, cache):
         x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, q_scale, positions, attention_mask, cache)
         m = self.mlp
-        h = self.post_attention_layernorm(x)
-        if self.gate_up_weight is None:
-            return x + swiglu(h, m.gate_proj, m.up_proj, m.down_proj)
-        gate, up = nn.functional.linear(h, self.gate_up_weight).chunk(2, dim=-1)
-        return x + m.down_proj(nn.functional.silu(gate) * up)
+        return x + swiglu(self.post_attention_layernorm(x), m.gate_proj, m.up_proj, m.down_proj, self.gate_up_weight)
 
     def fuse_projections(self) -> None:
         """Inference only: q/k/v and gate/up as one GEMM each (dserve.modeling.fused)."""
