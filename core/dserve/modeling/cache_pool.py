@@ -33,28 +33,27 @@ class CachePool:
         self.model = model
         self.max_rows = max_rows
         self.cache: KVCache | None = None
-        self.used: set[int] = set()
-        self._positions: dict[int, int] = {}  # row -> positions its sequence will use
-        self._need = 0  # the largest of those (kept here: reserve runs every step)
+        self._positions: dict[int, int] = {}  # row in use -> the cache slots its sequence will use
+
+    @property
+    def used(self) -> set[int]:
+        """The rows in use."""
+        return set(self._positions)
 
     def take(self, positions: int | None = None) -> int:
         """A free row for a new sequence that will use `positions` cache slots (None: unknown)."""
         if positions is not None and self.cache is not None and self.cache.capacity > OVERSIZE * _rounded(positions):
             self.drop_idle()  # only while idle: far larger than needed, not worth attending over
-        row = next(i for i in range(len(self.used) + 1) if i not in self.used)
-        self.used.add(row)
+        row = next(i for i in range(len(self._positions) + 1) if i not in self._positions)
         self._positions[row] = positions or 0
-        self._need = max(self._need, self._positions[row])
         return row
 
     def give(self, row: int) -> None:
-        self.used.discard(row)
         self._positions.pop(row, None)
-        self._need = max(self._positions.values(), default=0)
 
     def drop_idle(self) -> bool:
         """Free the tensors if no row is in use; True if there were any."""
-        if self.used or self.cache is None:
+        if self._positions or self.cache is None:
             return False
         self.cache = None
         return True
@@ -62,8 +61,8 @@ class CachePool:
     def reserve(self, capacity: int) -> KVCache:
         """The cache, grown if needed to hold every used row, `capacity` positions and every
         used row's `take(positions)`."""
-        rows = max(self.used) + 1
-        capacity = max(capacity, self._need)
+        rows = max(self._positions) + 1
+        capacity = max(capacity, *self._positions.values())
         old = self.cache
         if old is not None and old.num_rows >= rows and old.capacity >= capacity:
             return old
