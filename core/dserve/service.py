@@ -55,6 +55,7 @@ class GenerationService:
     def load(self) -> None:
         """Load the model and start the scheduler (runs on a background thread at startup)."""
         from dserve.modeling.loading import resolve_checkpoint_dir
+        from dserve.modeling.quantization import load_dtype
 
         try:
             path = resolve_checkpoint_dir(self.settings.model or default_model_dir(self.registry))
@@ -64,10 +65,7 @@ class GenerationService:
 
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 torch.cuda.set_per_process_memory_fraction(self.settings.gpu_memory_utilization, index)
-            dtype = self.settings.dtype
-            if dtype == "auto" and self.settings.quantization == "4bit" and device.type == "cuda":
-                dtype = "bfloat16"  # the int4 CUDA kernel takes bfloat16 only (vLLM also downcasts)
-                log.info("4bit weights on CUDA: loading in bfloat16")
+            dtype = load_dtype(self.settings.quantization, self.settings.dtype, device)
             model, spec = load_model(path, self.registry, dtype=dtype, device=device, load_format=self.settings.load_format)
             apply_speed_settings(model, self.settings)
             if self.settings.tokenizer:

@@ -71,3 +71,14 @@ def test_int4_emulation_writes_the_weights_the_int4_kernel_uses(tmp_path):
         assert ((groups_after - groups_before).abs() <= step[:, None] * 0.51 + 1e-2).all(), k
         assert not torch.equal(before[k], after[k]), k
     load_llada(tmp_path / "int4", dtype="float32")
+
+
+def test_4bit_on_cuda_loads_in_bfloat16_unless_told_otherwise():
+    from dserve.modeling.quantization import load_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert load_dtype("4bit", "auto", cuda) == "bfloat16"
+    assert load_dtype("4bit", "float32", cuda) == "float32"  # explicit: quantize_weights refuses it
+    assert load_dtype("4bit", "auto", cpu) == "auto"
+    assert load_dtype("8bit", "auto", cuda) == "auto"
+    assert load_dtype(None, "auto", cuda) == "auto"

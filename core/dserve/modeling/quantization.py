@@ -16,6 +16,12 @@ from torch import nn
 MODES = ("8bit", "4bit")
 
 
+def load_dtype(mode: str | None, dtype: str, device: torch.device) -> str:
+    """The dtype to load a model in for `--quantization mode`: `--dtype auto` with 4bit on CUDA
+    means bfloat16, the int4 kernel's only dtype (vLLM downcasts likewise); else `dtype`."""
+    return "bfloat16" if mode == "4bit" and dtype == "auto" and device.type == "cuda" else dtype
+
+
 def quantize_weights(model: nn.Module, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"quantization must be one of {MODES}, got {mode!r}")
