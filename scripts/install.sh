@@ -1,15 +1,41 @@
 #!/usr/bin/env bash
 # Install dserve and its first-party plugins into the current Python environment.
-# torch: a machine that already has one (say, a CUDA build on a GPU host) keeps it; a machine
-# with none gets torch 2.13.0, whose CPU build this project's CI machines hold locally. On
-# other CPU-only machines set PIP_INDEX_URL=https://download.pytorch.org/whl/cpu first to
-# avoid the multi-GB CUDA wheel.
+#
+#   scripts/install.sh          the server
+#   scripts/install.sh --test   the server plus the test tools, at the versions in
+#                               constraints/test.txt (a fresh install reproduces the suite)
+#
+# torch: a machine that already has one (say, a CUDA build on a GPU host) keeps it. A machine
+# with none gets torch 2.13.0: the CUDA build from PyPI where an NVIDIA GPU is present, the CPU
+# build from PyTorch's CPU wheel index otherwise (PyPI's default torch is a multi-GB CUDA
+# build). DSERVE_TORCH_INDEX overrides the index the CPU build comes from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-  "$PYTHON" -m pip install --quiet "torch==2.13.0"
+TORCH_VERSION=2.13.0
+
+has_nvidia_gpu() {
+  [ -e /proc/driver/nvidia/version ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+}
+
+if existing=$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+  echo "install.sh: keeping the installed torch $existing"
+elif has_nvidia_gpu; then
+  echo "install.sh: no torch installed; an NVIDIA GPU is present: torch==$TORCH_VERSION (CUDA build) from PyPI"
+  "$PYTHON" -m pip install --progress-bar on "torch==$TORCH_VERSION"
+else
+  index=${DSERVE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+  echo "install.sh: no torch installed and no NVIDIA GPU: torch==$TORCH_VERSION CPU build from $index"
+  # --index-url for torch alone: its CPU wheels live only there. pip's configured find-links
+  # still apply, so a machine holding the CPU wheel locally uses it.
+  "$PYTHON" -m pip install --progress-bar on --index-url "$index" "torch==$TORCH_VERSION"
 fi
-extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
-"$PYTHON" -m pip install --quiet -e ".${extras}" -e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron
+
+packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron)
+if [ "${1:-}" = "--test" ]; then
+  echo "install.sh: dserve, its plugins and the test tools (pinned by constraints/test.txt)"
+  "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test]" "${packages[@]}"
+else
+  echo "install.sh: dserve and its plugins"
+  "$PYTHON" -m pip install --progress-bar on -e . "${packages[@]}"
+fi
