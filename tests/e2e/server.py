@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 120.0, wait_for: str = "/health/ready"):
+    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 300.0, wait_for: str = "/health/ready"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="dserve-", suffix=".log", delete=False)
