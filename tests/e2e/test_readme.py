@@ -65,3 +65,20 @@ def test_dserve_plugins_lists_every_engine_in_the_readme_table():
     assert engines
     for engine in engines:
         assert re.search(rf"engine\s+{engine}\b", out.stdout), (engine, out.stdout)
+
+
+def _documented_error(when: str) -> tuple[int, str, str]:
+    """(status, type, code) from docs/api.md's error table row whose 'when' is `when`."""
+    api = (ROOT / "docs" / "api.md").read_text()
+    m = re.search(rf"^\| (\d+) \| {re.escape(when)} \| `(\w+)` / `(\w+)` \|$", api, re.M)
+    assert m, f"docs/api.md has no error row for {when!r}"
+    return int(m[1]), m[2], m[3]
+
+
+def test_documented_route_errors_are_what_the_server_answers(server):
+    import httpx
+
+    for when, method, path in [("unknown route", "GET", "/v1/nope"), ("wrong method on a route", "DELETE", "/v1/models")]:
+        status, type_, code = _documented_error(when)
+        r = httpx.request(method, server.url + path)
+        assert (r.status_code, r.json()["error"]["type"], r.json()["error"]["code"]) == (status, type_, code)
