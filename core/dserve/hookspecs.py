@@ -49,9 +49,10 @@ def register_engines(register: Callable[["EngineSpec"], None]) -> None:
 def register_routes(add_route: Callable[..., None]) -> None:
     """Add HTTP routes to the server.
 
-    ``add_route(path, endpoint, methods=["GET"])`` takes a Starlette endpoint
+    ``add_route(path, endpoint, methods=["GET"], summary=None)`` takes a Starlette endpoint
     (``async def endpoint(request) -> Response``). The server state is reachable as
-    ``request.app.state.dserve``. Routes pass through the same middleware as the core's.
+    ``request.app.state.dserve``. Routes pass through the same middleware as the core's and
+    appear in ``/openapi.json`` under ``summary`` (default: the endpoint's docstring).
     """
 
 

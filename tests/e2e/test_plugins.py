@@ -140,6 +140,7 @@ def test_register_routes_and_lifecycle_hooks(plugin_server):
     srv, marker = plugin_server
     model_id = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
     assert httpx.get(srv.url + "/example/ping").json() == {"plugin": "example", "model": model_id}
+    assert "/example/ping" in httpx.get(srv.url + "/openapi.json").json()["paths"]  # documented like the core's routes
     assert marker.read_text().splitlines() == [f"startup {model_id}"]
     srv.stop()
     assert marker.read_text().splitlines() == [f"startup {model_id}", f"shutdown {model_id}"]
