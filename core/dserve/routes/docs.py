@@ -4,7 +4,7 @@ models, and a /docs page (Swagger UI)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -12,9 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from dserve import __version__
 from dserve.protocol import ErrorResponse
-
-if TYPE_CHECKING:
-    from dserve.routes.table import ApiRoute
+from dserve.routes.api_route import ApiRoute
 
 _ERRORS = {
     "400": "invalid request",

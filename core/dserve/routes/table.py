@@ -5,11 +5,7 @@ documented unserved. Plugins' routes (the ``register_routes`` hook) join the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
-
-from pydantic import BaseModel
-from starlette.routing import Route
 
 from dserve.middleware import metrics_endpoint
 from dserve.protocol import (
@@ -22,34 +18,11 @@ from dserve.protocol import (
 )
 from dserve.routes import docs, jobs, ops
 from dserve.routes import openai as openai_routes
+from dserve.routes.api_route import ApiRoute
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 GENERATION_ERRORS = ("400", "401", "404", "413", "429", "503", "504")
 KEYED = ("401", "429")  # behind --api-key and --rate-limit-requests, unlike the health probes
-
-
-@dataclass(frozen=True)
-class ApiRoute:
-    """One HTTP route and what `/openapi.json` says about it.
-
-    ``response`` is the 200 body: a pydantic model, a JSON schema, or None when nothing is
-    known about it (a plugin's route); ``errors`` the other statuses the route answers with
-    (their descriptions are in routes/docs.py); ``stream``: it can answer with server-sent
-    events instead (``"stream": true``).
-    """
-
-    path: str
-    endpoint: Callable[..., Any]
-    methods: tuple[str, ...] = ("GET",)
-    summary: str = ""
-    request: type[BaseModel] | None = None
-    response: type[BaseModel] | dict[str, Any] | None = None
-    media_type: str = "application/json"
-    errors: tuple[str, ...] = ()
-    stream: bool = False
-
-    def starlette_route(self) -> Route:
-        return Route(self.path, self.endpoint, methods=list(self.methods))
 
 
 def server_routes(*, metrics: bool) -> list[ApiRoute]:
