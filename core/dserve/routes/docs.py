@@ -4,7 +4,8 @@ models, and a /docs page (Swagger UI)."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request

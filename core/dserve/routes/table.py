@@ -5,7 +5,8 @@ documented unserved. Plugins' routes (the ``register_routes`` hook) join the sam
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dserve.middleware import metrics_endpoint
 from dserve.protocol import (
