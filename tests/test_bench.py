@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from dserve import bench
+from dserve_ops import bench
 
 TOKEN_DELAY_S = 0.002
 FIRST_TOKEN_DELAY_S = 0.02

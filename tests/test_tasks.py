@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
-from dserve.evaluation import tasks
-from dserve.evaluation.tasks import (
+from dserve_ops.evaluation import tasks
+from dserve_ops.evaluation.tasks import (
     KINDS,
     MAX_ANSWER_CHARS,
     Example,
@@ -171,7 +171,7 @@ def _mock_server(answer_fn, seen: list[dict]):
 
 
 def test_harness_metrics_with_mock_server():
-    from dserve.evaluation.harness import evaluate
+    from dserve_ops.evaluation.harness import evaluate
 
     seen: list[dict] = []
     examples = generate_examples(40, seed=1234, split="heldout")
@@ -203,7 +203,7 @@ def test_harness_metrics_with_mock_server():
 
 
 def test_harness_arguments():
-    from dserve.evaluation.harness import add_arguments, parse_algorithm, parse_params
+    from dserve_ops.evaluation.harness import add_arguments, parse_algorithm, parse_params
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -3,7 +3,7 @@
 
 A few-million-parameter model with LLaDA's architecture, parameter names, special tokens and
 chat template, trained with LLaDA's masked-diffusion SFT objective on the synthetic task family
-of ``dserve.evaluation.tasks``, then evaluated on the held-out split with dserve's reference
+of ``dserve_ops.evaluation.tasks``, then evaluated on the held-out split with dserve's reference
 LLaDA loop (one token per step, temperature 0).
 
     python training/train_tiny.py --device cuda --out /tmp/llada-tiny-instruct
@@ -44,7 +44,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dserve.evaluation.tasks import (  # noqa: E402
+from dserve_ops.evaluation.tasks import (  # noqa: E402
     EVAL_GEN_LENGTH,
     KINDS,
     MAX_ANSWER_CHARS,

@@ -13,9 +13,6 @@ from typing import Sequence
 
 from dserve import __version__
 
-SUBCOMMANDS = {"serve", "plugins", "bench", "eval"}
-
-
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="checkpoint directory or HF repo id in the local cache (default: the embedded tiny model)")
@@ -88,6 +85,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dcp-cache-dir", help="where converted DCP checkpoints are kept (default ~/.cache/dserve/dcp)")
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    """A parser with exactly the `dserve serve` flags, for tools that validate or forward
+    them: the multi-GPU front's worker command line, `dserve slurm submit`, `dserve ray-serve`."""
+    parser = argparse.ArgumentParser(prog="dserve serve", add_help=False)
+    _add_serve_arguments(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dserve", description="Serve masked-diffusion language models with an OpenAI-compatible API.")
     parser.add_argument("--version", action="version", version=f"dserve {__version__}")
@@ -99,39 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument("--all", action="store_true", help="include dserve's own built-in plugins (the operations wing)")
     plugins.set_defaults(handler=_plugins)
-
-    from dserve import bench
-
-    bench_parser = sub.add_parser("bench", help="HTTP load test against an OpenAI-compatible server")
-    bench.add_arguments(bench_parser)
-    bench_parser.set_defaults(handler=bench.main)
-
-    from dserve.evaluation import harness
-
-    eval_parser = sub.add_parser("eval", help="quality harness: held-out task accuracy per engine/algorithm through a server")
-    harness.add_arguments(eval_parser)
-    eval_parser.set_defaults(handler=harness.main)
-
-    from dserve import dcp
-    from dserve.front import status
-
-    status_parser = sub.add_parser("status", help="show a multi-GPU front's workers and load (/worker-status, /stats)")
-    status.add_arguments(status_parser)
-    status_parser.set_defaults(handler=status.main)
-
-    convert_parser = sub.add_parser("convert", help="convert a NeMo-RL DCP checkpoint to a Hugging Face directory")
-    dcp.add_arguments(convert_parser)
-    convert_parser.set_defaults(handler=dcp.main)
-
-    from dserve import ray_serve, slurm
-
-    slurm.register(sub)  # dserve slurm submit|connect
-    ray_serve.register(sub)  # dserve ray-serve
 
     from dserve.plugins import get_plugin_manager
 
-    get_plugin_manager().hook.register_commands(subparsers=sub)
+    get_plugin_manager().hook.register_commands(subparsers=sub)  # the operations wing's too
     return parser
 
 
@@ -152,21 +130,20 @@ def _serve(args: argparse.Namespace) -> int:
         import structlog
 
         structlog.get_logger("dserve").warning("--trust-remote-code is ignored: dserve runs no remote model code")
-    if settings.dcp_path or settings.base_model:
-        from dserve.dcp import ConversionError, prepare_settings
+    from dserve.plugins import get_plugin_manager
 
-        if not settings.dcp_path:
-            print("dserve: --base-model is only used with --dcp-path", file=sys.stderr)
-            return 2
-        try:
-            settings = prepare_settings(settings)  # converts once, before any worker starts
-        except (ConversionError, FileNotFoundError) as exc:
-            print(f"dserve: {exc}", file=sys.stderr)
-            return 2
-    if settings.gpus or settings.gpu_ids:
-        from dserve.front import run_front
-
-        return run_front(settings)
+    hook = get_plugin_manager().hook
+    try:  # e.g. the operations wing converts a --dcp-path checkpoint once, before any worker starts
+        settings = hook.prepare_serve_settings(settings=settings) or settings
+    except ValueError as exc:
+        print(f"dserve: {exc}", file=sys.stderr)
+        return 2
+    status = hook.launch_server(settings=settings)  # e.g. the multi-GPU front for --gpus / --gpu-ids
+    if status is not None:
+        return int(status)
+    if settings.gpus or settings.gpu_ids or settings.dcp_path or settings.base_model:  # flags only a plugin acts on
+        print("dserve: --gpus, --gpu-ids, --dcp-path and --base-model need the operations wing (dserve_ops), which is not loaded", file=sys.stderr)
+        return 2
     from dserve.server import serve
 
     serve(settings)
@@ -176,7 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _plugins(args: argparse.Namespace) -> int:
     from dserve.plugins import plugin_summary
 
-    rows = plugin_summary()
+    rows = [row for row in plugin_summary() if args.all or not row["builtin"]]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -195,8 +172,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = SUBCOMMANDS | set(parser._subparsers._group_actions[0].choices)  # plugin commands too
-    if not argv or (argv[0] not in known and argv[0] not in ("-h", "--help", "--version")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):  # flags first: serve
         argv = ["serve", *argv]
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)

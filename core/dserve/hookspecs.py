@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from dserve.registry import EngineSpec, ModelSpec
+    from dserve.settings import Settings
 
 hookspec = pluggy.HookspecMarker("dserve")
 hookimpl = pluggy.HookimplMarker("dserve")
@@ -48,9 +49,10 @@ def register_engines(register: Callable[["EngineSpec"], None]) -> None:
 def register_routes(add_route: Callable[..., None]) -> None:
     """Add HTTP routes to the server.
 
-    ``add_route(path, endpoint, methods=["GET"])`` takes a Starlette endpoint
+    ``add_route(path, endpoint, methods=["GET"], summary=None)`` takes a Starlette endpoint
     (``async def endpoint(request) -> Response``). The server state is reachable as
-    ``request.app.state.dserve``. Routes pass through the same middleware as the core's.
+    ``request.app.state.dserve``. Routes pass through the same middleware as the core's and
+    appear in ``/openapi.json`` under ``summary`` (default: the endpoint's docstring).
     """
 
 
@@ -60,6 +62,26 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
 
     Add a parser with ``subparsers.add_parser(name, help=...)`` and set its handler with
     ``parser.set_defaults(handler=fn)``, where ``fn(args) -> int`` returns the exit status.
+    """
+
+
+@hookspec(firstresult=True)
+def prepare_serve_settings(settings: "Settings") -> "Settings | None":
+    """Rewrite `dserve serve`'s settings before anything starts, or return None.
+
+    The operations wing converts a ``--dcp-path`` checkpoint here (once, before any worker
+    starts) and returns settings that serve the converted directory. The first plugin that
+    returns settings wins. Raise ``ValueError`` for bad input: `dserve serve` prints its
+    message and exits with status 2.
+    """
+
+
+@hookspec(firstresult=True)
+def launch_server(settings: "Settings") -> int | None:
+    """Run `dserve serve` in place of the core's single-process server, or return None.
+
+    The operations wing runs its multi-GPU front here for ``--gpus`` / ``--gpu-ids``. The
+    first plugin that returns an exit status wins; with none, the core serves in-process.
     """
 
 

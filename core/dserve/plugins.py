@@ -2,7 +2,9 @@
 
 ``DSERVE_PLUGINS`` narrows what loads: a comma-separated list of entry-point names
 (``DSERVE_PLUGINS=llada,fastdllm``); unset loads every installed plugin, and an empty value
-loads none (like ``LLM_LOAD_PLUGINS`` in simonw/llm).
+loads none (like ``LLM_LOAD_PLUGINS`` in simonw/llm). The core distribution's own entry points
+(its operations wing, ``dserve_ops``) always load, as llm's default plugins do: narrowing the
+model and engine plugins must not take `dserve bench` or `--gpus` away.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dserve.registry import EngineSpec, ModelSpec, Registry
 
 ENTRY_POINT_GROUP = "dserve"
 PLUGINS_ENV = "DSERVE_PLUGINS"
+CORE_DISTRIBUTION = "dserve"
 
 
 def _allowed_plugins() -> set[str] | None:
@@ -33,11 +36,15 @@ def create_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManage
     if load_entry_points:
         allowed = _allowed_plugins()
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if allowed is not None and ep.name not in allowed:
+            if allowed is not None and ep.name not in allowed and not _is_builtin(ep):
                 continue
             if pm.get_plugin(ep.name) is None:
                 pm.register(ep.load(), name=ep.name)
     return pm
+
+
+def _is_builtin(ep) -> bool:
+    return ep.dist is not None and ep.dist.name.lower() == CORE_DISTRIBUTION
 
 
 @lru_cache(maxsize=1)
@@ -73,16 +80,19 @@ def get_registry() -> Registry:
 
 
 def plugin_summary(pm: pluggy.PluginManager | None = None) -> list[dict]:
-    """Per plugin: its name, distribution, and what it registers (for `dserve plugins`)."""
+    """Per plugin: its name, distribution, whether it is built in (comes with the core
+    distribution), and what it registers (for `dserve plugins`)."""
     pm = pm or get_plugin_manager()
     registry = build_registry(pm)
     dists = _distributions()
+    builtin = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if _is_builtin(ep)}
     rows = []
     for name, _plugin in pm.list_name_plugin():
         rows.append(
             {
                 "name": name,
                 "distribution": dists.get(name),
+                "builtin": name in builtin,
                 "models": [
                     {"name": m.name, "architectures": list(m.architectures)}
                     for m in registry.models.values()

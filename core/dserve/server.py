@@ -19,14 +19,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from dserve.errors import APIError, error_body
-from dserve.middleware import Metrics, middleware_from_settings, metrics_endpoint, torch_gpu_memory_used
+from dserve.middleware import Metrics, middleware_from_settings, torch_gpu_memory_used
 from dserve.middleware.body_limit import RequestBodyTooLarge
 from dserve.plugins import build_registry, get_plugin_manager
-from dserve.routes import docs, jobs, ops
-from dserve.routes import openai as openai_routes
+from dserve.routes import jobs
+from dserve.routes.table import plugin_route, server_routes
 from dserve.service import GenerationService
 from dserve.settings import Settings
 
@@ -51,27 +50,10 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
 
         service.on_step = on_step
 
-    routes = [
-        Route("/v1/models", openai_routes.list_models, methods=["GET"]),
-        Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),
-        Route("/v1/completions", openai_routes.completions, methods=["POST"]),
-        Route("/v1/generate", jobs.generate, methods=["POST"]),
-        Route("/v1/generate_batch", jobs.generate_batch, methods=["POST"]),
-        Route("/v1/result/{request_id}", jobs.result, methods=["GET"]),
-        Route("/health", ops.health, methods=["GET"]),
-        Route("/health/live", ops.live, methods=["GET"]),
-        Route("/health/ready", ops.ready, methods=["GET"]),
-        Route("/generation/algorithms", ops.generation_algorithms, methods=["GET"]),
-        Route("/v1/engine/stats", ops.engine_stats, methods=["GET"]),
-        Route("/batch/stats", ops.batch_stats, methods=["GET"]),
-        Route("/openapi.json", docs.openapi, methods=["GET"]),
-        Route("/docs", docs.docs, methods=["GET"]),
-    ]
-    if metrics is not None:
-        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    api_routes = server_routes(metrics=metrics is not None)
 
-    def add_route(path: str, endpoint, methods=("GET",)) -> None:
-        routes.append(Route(path, endpoint, methods=list(methods)))
+    def add_route(path: str, endpoint, methods=("GET",), summary: str | None = None) -> None:
+        api_routes.append(plugin_route(path, endpoint, methods, summary))
 
     pm.hook.register_routes(add_route=add_route)
 
@@ -87,7 +69,7 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
             pm.hook.server_shutdown(state=service)
 
     app = Starlette(
-        routes=routes,
+        routes=[route.starlette_route() for route in api_routes],
         middleware=middleware_from_settings(settings, metrics),
         exception_handlers={
             APIError: _api_error,
@@ -102,6 +84,7 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     app.state.metrics = metrics
     app.state.jobs = jobs.JobStore(settings.result_ttl)
     app.state.settings = settings
+    app.state.api_routes = api_routes  # /openapi.json documents exactly these
     return app
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
-from dserve import dcp as dserve_dcp
+from dserve_ops import dcp as dserve_dcp
 from dserve.modeling.loading import weight_files
 from dserve_llada import EMBEDDED_MODEL_DIR
 from dserve_llada.model import load_llada

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from dserve.evaluation import generate_examples
-from dserve.evaluation.harness import evaluate
+from dserve_ops.evaluation import generate_examples
+from dserve_ops.evaluation.harness import evaluate
 from dserve_dream import TINY_MODEL_DIR as DREAM_DIR
 from dserve_nemotron import TINY_MODEL_DIR as NEMOTRON_DIR
 from e2e.server import ServerProcess

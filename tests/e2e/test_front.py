@@ -42,7 +42,7 @@ def _all_healthy(url: str, n: int = 2) -> bool:
 
 
 def test_worker_command_carries_the_serve_settings(monkeypatch):
-    from dserve.front.command import worker_command
+    from dserve_ops.front.command import worker_command
     from dserve.settings import Settings
 
     monkeypatch.setenv("DSERVE_GPUS", "2")  # a worker inheriting this would start a front itself
@@ -59,7 +59,7 @@ def test_worker_command_carries_the_serve_settings(monkeypatch):
 
 
 def test_worker_command_carries_boolean_and_speed_flags():
-    from dserve.front.command import worker_command
+    from dserve_ops.front.command import worker_command
     from dserve.settings import Settings
 
     settings = Settings(enable_apd=True, apd_threshold=0.5, compile=True, flash_attention=False, gpu_memory_utilization=0.5)
@@ -72,7 +72,7 @@ def test_worker_command_carries_boolean_and_speed_flags():
 def test_cpu_workers_split_the_cores(monkeypatch):
     import os
 
-    from dserve.front.command import worker_command
+    from dserve_ops.front.command import worker_command
     from dserve.settings import Settings
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -57,6 +57,17 @@ def test_dserve_plugins_env_narrows_loading(plugin_path):
     assert [r["name"] for r in only_llada] == ["llada"]
     none = json.loads(_dserve(plugin_path, "plugins", "--json", DSERVE_PLUGINS="").stdout)
     assert none == []
+    # the core's own operations wing loads anyway: listed with --all, its commands still there
+    builtin = json.loads(_dserve(plugin_path, "plugins", "--json", "--all", DSERVE_PLUGINS="").stdout)
+    assert [(r["name"], r["builtin"]) for r in builtin] == [("ops", True)]
+    assert "dserve bench" in _dserve(plugin_path, "bench", "--help", DSERVE_PLUGINS="").stdout
+
+
+def test_serve_hooks_rewrite_settings_and_launch(plugin_path):
+    """prepare_serve_settings and launch_server: `dserve serve` runs what the plugin returns."""
+    env = _env(plugin_path, DSERVE_EXAMPLE_DRY_RUN="1", DSERVE_EXAMPLE_SERVED_NAME="renamed")
+    done = subprocess.run([sys.executable, "-m", "dserve", "--port", "8123"], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (3, "example plugin: would serve renamed on port 8123")
 
 
 def test_register_commands_hook(plugin_path):
@@ -129,6 +140,7 @@ def test_register_routes_and_lifecycle_hooks(plugin_server):
     srv, marker = plugin_server
     model_id = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
     assert httpx.get(srv.url + "/example/ping").json() == {"plugin": "example", "model": model_id}
+    assert "/example/ping" in httpx.get(srv.url + "/openapi.json").json()["paths"]  # documented like the core's routes
     assert marker.read_text().splitlines() == [f"startup {model_id}"]
     srv.stop()
     assert marker.read_text().splitlines() == [f"startup {model_id}", f"shutdown {model_id}"]

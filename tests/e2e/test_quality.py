@@ -9,8 +9,8 @@ import time
 
 import httpx
 
-from dserve.evaluation import generate_examples
-from dserve.evaluation.harness import evaluate
+from dserve_ops.evaluation import generate_examples
+from dserve_ops.evaluation.harness import evaluate
 
 SAMPLE = 60
 

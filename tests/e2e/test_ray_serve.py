@@ -34,7 +34,7 @@ VENV = Path(os.environ.get("DSERVE_RAY_VENV", Path.home() / ".cache" / "dserve-t
 def test_missing_ray_gives_a_clear_error(monkeypatch, capsys):
     import builtins
 
-    from dserve import ray_serve
+    from dserve_ops import ray_serve
     from dserve.cli import main
 
     real_import = builtins.__import__
@@ -54,7 +54,7 @@ def test_missing_ray_gives_a_clear_error(monkeypatch, capsys):
 def test_lazy_app_pickles_settings_only():
     import pickle
 
-    from dserve.ray_serve import LazyApp
+    from dserve_ops.ray_serve import LazyApp
 
     lazy = LazyApp({"max_batch_size": 4})
     clone = pickle.loads(pickle.dumps(lazy))

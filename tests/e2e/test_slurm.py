@@ -58,9 +58,9 @@ def test_dry_run_gpu_job(capsys, monkeypatch):
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
     assert exec_line.startswith('exec dserve serve --host 0.0.0.0 --port "$DSERVE_PORT" ')
     assert exec_line.endswith("--model GSAI-ML/LLaDA-8B-Instruct --steps 64")
-    from dserve.slurm import _serve_accepts
+    from dserve_ops.slurm import serve_accepts
 
-    if _serve_accepts("--gpus"):  # one worker per GPU of the allocation, behind the front
+    if serve_accepts("--gpus"):  # one worker per GPU of the allocation, behind the front
         assert " --gpus 8 " in exec_line
     assert "ssh -N -L" in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid shell

@@ -1,7 +1,10 @@
-"""/openapi.json built from the protocol's pydantic models, and a /docs page (Swagger UI)."""
+"""/openapi.json, built from the route table (routes/table.py) and the protocol's pydantic
+models, and a /docs page (Swagger UI)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -9,15 +12,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from dserve import __version__
-from dserve.protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    ErrorResponse,
-    GenerateBatchRequest,
-    GenerateRequest,
-)
+from dserve.protocol import ErrorResponse
+from dserve.routes.api_route import ApiRoute
 
 _ERRORS = {
     "400": "invalid request",
@@ -28,8 +24,6 @@ _ERRORS = {
     "503": "loading, draining or out of device memory",
     "504": "the request ran past --request-timeout",
 }
-
-_OBJECT = {"type": "object", "additionalProperties": True}
 
 # One server-sent event of a streamed completion, as OpenAPI 3.2 models SSE (fields of the event).
 _SSE_EVENT = {
@@ -54,51 +48,31 @@ def _ref(model: type[BaseModel], defs: dict[str, Any]) -> dict:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def build_openapi() -> dict[str, Any]:
+def _operation(route: ApiRoute, defs: dict[str, Any]) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if route.response is not None:
+        schema = _ref(route.response, defs) if isinstance(route.response, type) else route.response
+        ok["content"] = {route.media_type: {"schema": schema}}
+    if route.stream:  # OpenAPI 3.1: the schema of text/event-stream describes one event
+        ok.setdefault("content", {})["text/event-stream"] = {"schema": _SSE_EVENT}
+    error = {"content": {"application/json": {"schema": _ref(ErrorResponse, defs)}}}
+    op: dict[str, Any] = {"summary": route.summary, "responses": {"200": ok, **{code: {**error, "description": _ERRORS[code]} for code in route.errors}}}
+    if route.request is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.request, defs)}}}
+    params = re.findall(r"{(\w+)(?::\w+)?}", route.path)
+    if params:
+        op["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in params]
+    return op
+
+
+def build_openapi(routes: Iterable[ApiRoute]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of exactly these routes."""
     defs: dict[str, Any] = {}
-    err = {"description": "", "content": {"application/json": {"schema": _ref(ErrorResponse, defs)}}}
-
-    def errors(*codes: str) -> dict:
-        return {c: {**err, "description": _ERRORS[c]} for c in codes}
-
-    def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "413", "429", "503", "504"), sse=False):
-        o: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}}
-        if sse:  # OpenAPI 3.1: the schema of text/event-stream describes one event
-            o["responses"]["200"]["content"]["text/event-stream"] = {"schema": _SSE_EVENT}
-        o["responses"].update(errors(*codes))
-        if body is not None:
-            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body, defs)}}}
-        return o
-
-    probe = ("401", "429")  # behind --api-key and --rate-limit-requests, unlike the health probes
-    paths = {
-        "/v1/models": {"get": op("List the served model", _OBJECT, codes=("401", "429"))},
-        "/v1/chat/completions": {"post": op("Chat completion (stream with SSE)", _ref(ChatCompletionResponse, defs), ChatCompletionRequest, sse=True)},
-        "/v1/completions": {"post": op("Text completion (stream with SSE)", _ref(CompletionResponse, defs), CompletionRequest, sse=True)},
-        "/v1/generate": {"post": op("Submit an async generation job", _OBJECT, GenerateRequest)},
-        "/v1/generate_batch": {"post": op("Submit several async generation jobs", _OBJECT, GenerateBatchRequest)},
-        "/v1/result/{request_id}": {
-            "get": {
-                **op("Result of an async job", _OBJECT, codes=("401", "404", "429")),
-                "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            }
-        },
-        "/health": {"get": op("Health and model status", _OBJECT, codes=("503",))},
-        "/health/live": {"get": op("Liveness probe", _OBJECT, codes=())},
-        "/health/ready": {"get": op("Readiness probe", _OBJECT, codes=("503",))},
-        "/generation/algorithms": {"get": op("Engines and algorithms, with parameters and availability", _OBJECT, codes=probe)},
-        "/v1/engine/stats": {"get": op("Engine statistics", _OBJECT, codes=probe)},
-        "/batch/stats": {"get": op("Batching statistics", _OBJECT, codes=probe)},
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (docs/metrics.md); needs the key only with --metrics-require-key",
-                "responses": {
-                    "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    **errors("401"),
-                },
-            }
-        },
-    }
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        path = re.sub(r"{(\w+):\w+}", r"{\1}", route.path)  # Starlette's {name:converter} -> OpenAPI's {name}
+        for method in route.methods:
+            paths.setdefault(path, {})[method.lower()] = _operation(route, defs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "dserve", "version": __version__, "description": "OpenAI-compatible server for masked-diffusion LLMs"},
@@ -112,7 +86,7 @@ def build_openapi() -> dict[str, Any]:
 
 async def openapi(request: Request) -> Response:
     if not hasattr(request.app.state, "openapi"):
-        request.app.state.openapi = build_openapi()
+        request.app.state.openapi = build_openapi(request.app.state.api_routes)
     return JSONResponse(request.app.state.openapi)
 
 

@@ -55,6 +55,22 @@ def register_commands(subparsers):
     parser.set_defaults(handler=_hello)
 
 
+@hookimpl
+def prepare_serve_settings(settings):
+    """DSERVE_EXAMPLE_SERVED_NAME renames the served model (a plugin may rewrite the settings)."""
+    name = os.environ.get("DSERVE_EXAMPLE_SERVED_NAME")
+    return settings.model_copy(update={"served_model_name": name}) if name else None
+
+
+@hookimpl
+def launch_server(settings):
+    """DSERVE_EXAMPLE_DRY_RUN: say what would be served and exit instead of serving."""
+    if not os.environ.get("DSERVE_EXAMPLE_DRY_RUN"):
+        return None
+    print(f"example plugin: would serve {settings.served_model_name} on port {settings.port}")
+    return 3
+
+
 def _mark(event, state):
     marker = os.environ.get("DSERVE_EXAMPLE_MARKER")
     if marker:

@@ -16,8 +16,8 @@ import time
 import structlog
 import uvicorn
 
-from dserve.front.app import Front, create_front_app
-from dserve.front.workers import WorkerPool, plan_workers
+from dserve_ops.front.app import Front, create_front_app
+from dserve_ops.front.workers import WorkerPool, plan_workers
 from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")

@@ -1,6 +1,6 @@
 """`dserve eval`: decoding quality through a real server's OpenAI API.
 
-Sends the held-out split of the synthetic task family (:mod:`dserve.evaluation.tasks`) to
+Sends the held-out split of the synthetic task family (:mod:`dserve_ops.evaluation.tasks`) to
 ``/v1/chat/completions`` at temperature 0, once per engine/algorithm, and reports per algorithm:
 exact-match accuracy (overall and per task kind), the share of answers with trailing garbage
 (the expected answer followed by more text), forward passes (NFE) per generated token, generated
@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from dserve.evaluation.tasks import KINDS, Example, generate_examples, has_trailing_garbage, is_correct
+from dserve_ops.evaluation.tasks import KINDS, Example, generate_examples, has_trailing_garbage, is_correct
 
 DEFAULT_SEED = 1234  # the held-out set the embedded model's card reports
 
@@ -325,7 +325,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-if __name__ == "__main__":  # python -m dserve.evaluation.harness
+if __name__ == "__main__":  # python -m dserve_ops.evaluation.harness
     _parser = argparse.ArgumentParser(prog="dserve eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dserve.front.workers import Worker, WorkerPool
+from dserve_ops.front.workers import Worker, WorkerPool
 
 COUNTERS = ("total_steps", "total_tokens_committed", "requests_finished", "requests_shed_out_of_memory",
             "idle_cache_releases_out_of_memory", "max_queue_size", "max_batch_size")

@@ -45,10 +45,9 @@ SECRET = frozenset({"api_key"})  # through the environment: a command line is vi
 
 
 def _serve_actions() -> dict[str, argparse.Action]:
-    from dserve.cli import _add_serve_arguments
+    from dserve.cli import serve_parser
 
-    parser = argparse.ArgumentParser(add_help=False)
-    _add_serve_arguments(parser)
+    parser = serve_parser()
     actions: dict[str, argparse.Action] = {}
     for a in parser._actions:
         if a.option_strings:

@@ -15,7 +15,7 @@ with the fewest in flight keeps the batches even.
 
 from __future__ import annotations
 
-from dserve.front.workers import Worker, WorkerPool
+from dserve_ops.front.workers import Worker, WorkerPool
 
 
 class Router:

@@ -15,7 +15,7 @@ replica runs per GPU. Every response carries `x-dserve-replica` (the Ray replica
 On an existing cluster (`ray start --head` ..., KubeRay) pass `--address auto`, or deploy the
 application builder with Ray's own CLI:
 
-    serve run dserve.ray_serve:app_builder model=GSAI-ML/LLaDA-8B-Instruct max_replicas=4
+    serve run dserve_ops.ray_serve:app_builder model=GSAI-ML/LLaDA-8B-Instruct max_replicas=4
 
 `app_builder(args)` takes the same keys: any `Settings` field plus the deployment options
 `min_replicas`, `max_replicas`, `num_replicas`, `target_ongoing_requests`,
@@ -203,7 +203,7 @@ _DEPLOYMENT_KEYS = {f for f in DeploymentOptions.__dataclass_fields__}
 
 
 def app_builder(args: dict[str, Any]):
-    """Application builder for Ray's CLI: `serve run dserve.ray_serve:app_builder model=... max_replicas=4`."""
+    """Application builder for Ray's CLI: `serve run dserve_ops.ray_serve:app_builder model=... max_replicas=4`."""
     from dserve.settings import Settings
 
     args = dict(args or {})
@@ -241,10 +241,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings_from_args(serve_args: list[str]):
-    from dserve.slurm import _serve_parser
+    from dserve.cli import serve_parser
     from dserve.settings import Settings
 
-    ns = _serve_parser().parse_args(serve_args)
+    ns = serve_parser().parse_args(serve_args)
     overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "handler") and v is not None}
     return Settings(**overrides)
 
@@ -264,7 +264,7 @@ def ray_serve_command(args: argparse.Namespace) -> int:
         print("dserve ray-serve: --gpus/--gpu-ids start dserve's own multi-GPU front; under Ray Serve each replica is one engine: use --num-gpus-per-replica and --min/--max-replicas", file=sys.stderr)
         return 2
     if getattr(settings, "dcp_path", None):
-        from dserve.dcp import prepare_settings
+        from dserve_ops.dcp import prepare_settings
 
         settings = prepare_settings(settings)  # convert the DCP checkpoint once, before the replicas start
     try:

@@ -488,6 +488,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m dserve.bench", description=__doc__.splitlines()[0])
+    cli = argparse.ArgumentParser(prog="python -m dserve_ops.bench", description=__doc__.splitlines()[0])
     add_arguments(cli)
     sys.exit(main(cli.parse_args()))

@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dserve.errors import error_body
-from dserve.front.router import Router
-from dserve.front.workers import Worker, WorkerPool
+from dserve_ops.front.router import Router
+from dserve_ops.front.workers import Worker, WorkerPool
 
 log = structlog.get_logger("dserve.front")
 

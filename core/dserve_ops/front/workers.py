@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import structlog
 
-from dserve.front.command import worker_command
+from dserve_ops.front.command import worker_command
 from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")

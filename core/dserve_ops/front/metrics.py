@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from dserve.front.workers import WorkerPool
+from dserve_ops.front.workers import WorkerPool
 
 SCRAPE_TIMEOUT_S = 5.0
 

@@ -22,6 +22,6 @@ from __future__ import annotations
 
 
 def run_front(settings) -> int:
-    from dserve.front.server import run_front as _run
+    from dserve_ops.front.server import run_front as _run
 
     return _run(settings)

@@ -38,12 +38,12 @@ from starlette.routing import Route
 
 from dserve import __version__
 from dserve.errors import error_body
-from dserve.front import metrics as front_metrics
-from dserve.front.jobs import JobMap
-from dserve.front.proxy import ClientGone, Proxy, openai_error
-from dserve.front.router import Router
-from dserve.front.stats import aggregate_batch_stats, front_stats, worker_status
-from dserve.front.workers import WorkerPool
+from dserve_ops.front import metrics as front_metrics
+from dserve_ops.front.jobs import JobMap
+from dserve_ops.front.proxy import ClientGone, Proxy, openai_error
+from dserve_ops.front.router import Router
+from dserve_ops.front.stats import aggregate_batch_stats, front_stats, worker_status
+from dserve_ops.front.workers import WorkerPool
 from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
 from dserve.settings import Settings
 

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dserve.cli import serve_parser
+
 DEFAULT_PORT = 8000
 DEFAULT_TIME = "04:00:00"
 COMMENT_PREFIX = "dserve:port="
@@ -126,15 +128,9 @@ class JobSpec:
     sbatch_args: list[str] = field(default_factory=list)
 
 
-def _serve_parser() -> argparse.ArgumentParser:
-    from dserve.cli import build_parser
-
-    return build_parser()._subparsers._group_actions[0].choices["serve"]
-
-
 def split_serve_args(serve_args: list[str]) -> tuple[list[str], int | None]:
     """Validate serve flags with `dserve serve`'s own parser; return them without --port, and the port."""
-    parser = _serve_parser()
+    parser = serve_parser()
     try:
         ns, unknown = parser.parse_known_args(serve_args)
     except SystemExit as exc:  # argparse already printed why
@@ -156,8 +152,9 @@ def split_serve_args(serve_args: list[str]) -> tuple[list[str], int | None]:
     return rest, ns.port
 
 
-def _serve_accepts(flag: str) -> bool:
-    return flag in _serve_parser()._option_string_actions
+def serve_accepts(flag: str) -> bool:
+    """Whether `dserve serve` has this flag (e.g. --gpus: a job asks for the front only then)."""
+    return flag in serve_parser()._option_string_actions
 
 
 def build_script(spec: JobSpec) -> str:
@@ -188,7 +185,7 @@ def build_script(spec: JobSpec) -> str:
         lines.append(f"#SBATCH {extra}")
 
     serve_args = list(spec.serve_args)
-    if spec.gpus > 1 and _serve_accepts("--gpus") and "--gpus" not in serve_args and not any(a.startswith("--gpus=") for a in serve_args):
+    if spec.gpus > 1 and serve_accepts("--gpus") and "--gpus" not in serve_args and not any(a.startswith("--gpus=") for a in serve_args):
         serve_args = ["--gpus", str(spec.gpus), *serve_args]  # one worker per GPU of the allocation
 
     lines += [

@@ -2,7 +2,7 @@
 only) and the `dserve eval` harness that measures engines/algorithms through a running server's
 OpenAI API (`harness`, imported on use)."""
 
-from dserve.evaluation.tasks import (
+from dserve_ops.evaluation.tasks import (
     EVAL_GEN_LENGTH,
     KINDS,
     MAX_ANSWER_CHARS,
