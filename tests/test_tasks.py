@@ -244,6 +244,7 @@ def test_default_threshold_goes_only_to_algorithms_without_one():
     assert params_for("dual_cache", {}, 0.5, ALGORITHMS) == {"threshold": 0.5}
     assert params_for("fastdllm/dual_cache", {"threshold": 0.7}, 0.9, ALGORITHMS) == {"threshold": 0.7}  # --param wins
     assert params_for("fastdllm/dual_cache", {}, None, ALGORITHMS) == {}  # --threshold none
+    assert params_for("fastdllm/dual_cache", {"factor": 1.0}, 0.9, ALGORITHMS) == {"factor": 1.0}  # factor wins anyway
     assert params_for("llada/reference", {}, 0.9, ALGORITHMS) == {}  # takes no threshold
     assert params_for(None, {}, 0.9, ALGORITHMS) == {}  # the server's default is llada/reference
     assert params_for("dinfer/dinfer_blockwise", {}, 0.5, ALGORITHMS) == {}  # has its own threshold

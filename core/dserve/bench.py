@@ -437,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds (default: %(default)s)")
 
     load = parser.add_argument_group("load")
-    load.add_argument("--num-requests", "--requests", dest="num_requests", type=int, default=64,
+    load.add_argument("--requests", "--num-requests", dest="num_requests", type=int, default=64,
                       help="requests to send (default: %(default)s)")
     load.add_argument("--concurrency", type=int,
                       help="closed loop with C workers (default 8); with --request-rate: max in flight")
@@ -452,7 +452,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="stream responses (needed for TTFT; default: on)")
     load.add_argument("--seed", type=int, default=0, help="seeds synthetic prompts and arrival times (default: %(default)s)")
 
-    body = parser.add_argument_group("request body")
+    body = parser.add_argument_group("request body", "left out of the request when not given: the server's default applies")
     body.add_argument("--temperature", type=float)
     body.add_argument("--steps", type=int)
     body.add_argument("--block-length", type=int)

@@ -88,3 +88,14 @@ def test_readme_eval_with_json_prints_only_json(server):
     (result,) = report["results"]
     assert result["algorithm"] == "fastdllm/dual_cache" and result["params"] == {"threshold": 0.9}
     assert result["n"] == 4 and result["errors"] == 0 and "failures" not in result
+
+
+def test_eval_drops_the_default_threshold_for_an_algorithm_that_refuses_it(server):
+    # fastdllm/apd lists a threshold parameter but commits by its own rule and answers 400 to one
+    done = run(readme_command("eval", server.url) + ["--algorithm", "fastdllm/apd", "--samples", "3", "--json"])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fastdllm/apd refuses threshold 0.9" in done.stderr
+    by_algorithm = {r["algorithm"]: r for r in json.loads(done.stdout)["results"]}
+    assert by_algorithm["fastdllm/apd"]["params"] == {} and by_algorithm["fastdllm/apd"]["errors"] == 0
+    assert by_algorithm["fastdllm/dual_cache"]["params"] == {"threshold": 0.9}

@@ -51,7 +51,7 @@ def parse_threshold(text: str) -> float | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of a running dserve server")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of a running dserve server (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model id to request (default: the server's first model)")
     parser.add_argument("--api-key", default=None, help="sent as a bearer token")
     parser.add_argument(
@@ -168,6 +168,16 @@ async def _run(
     return list(results), time.perf_counter() - t0
 
 
+def request_base(algorithm: str | None, params: dict[str, Any] | None, model: str | None, max_tokens: int) -> dict[str, Any]:
+    """The request fields every example of one algorithm shares (all but the messages)."""
+    base: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
+    if model:
+        base["model"] = model
+    base.update(parse_algorithm(algorithm))
+    base.update(params or {})
+    return base
+
+
 async def evaluate(
     url: str,
     algorithm: str | None,
@@ -189,11 +199,7 @@ async def evaluate(
     extra top-level request fields. Requests use temperature 0 unless `params` says otherwise.
     `progress` (total: the examples plus the repeated ones) is updated as each request ends.
     """
-    base: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
-    if model:
-        base["model"] = model
-    base.update(parse_algorithm(algorithm))
-    base.update(params or {})
+    base = request_base(algorithm, params, model, max_tokens)
     own = client is None
     if own:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -325,10 +331,20 @@ def params_for(
     spec: str | None, params: dict[str, Any], threshold: float | None, algorithms: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
     """The request fields for one algorithm: `params`, plus `threshold` where the algorithm's own
-    default is none and `params` does not set it."""
-    if threshold is None or "threshold" in params or not threshold_off_by_default(spec, algorithms):
+    default is none and `params` sets neither it nor `factor` (which wins over a threshold)."""
+    if threshold is None or "threshold" in params or "factor" in params:
+        return params
+    if not threshold_off_by_default(spec, algorithms):
         return params
     return {**params, "threshold": threshold}
+
+
+async def rejection_of(url: str, body: dict[str, Any], api_key: str | None, timeout: float) -> str | None:
+    """The error a 400 answer to one request gives (its message), else None."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=_base_url(url), timeout=timeout, headers=headers) as client:
+        _, _, error, _ = await _request(client, body, asyncio.Semaphore(1))
+    return error if error and error.startswith("HTTP 400") else None
 
 
 class ModelLoadFailed(RuntimeError):
@@ -377,6 +393,16 @@ async def _main(args: argparse.Namespace) -> int:
     results = []
     for alg in algorithms:
         alg_params = params_for(alg, params, args.threshold, schemas)
+        if alg_params is not params:
+            # The listing can advertise a threshold an algorithm refuses (fastdllm/apd has its own
+            # rule): one request first, and the algorithm's own default if it says no.
+            probe = {**request_base(alg, alg_params, model, args.max_tokens),
+                     "messages": [{"role": "user", "content": examples[0].prompt}]}
+            rejected = await rejection_of(args.url, probe, args.api_key, args.timeout) if examples else None
+            if rejected and "threshold" in rejected:
+                print(f"dserve eval: {alg or 'default'} refuses threshold {args.threshold} ({rejected}); "
+                      "evaluating it with its own default", file=sys.stderr)
+                alg_params = params
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in alg_params.items())
         print(
             f"evaluating {alg or 'default'} on {len(examples)} held-out examples"
