@@ -393,12 +393,12 @@ async def _main(args: argparse.Namespace) -> int:
     results = []
     for alg in algorithms:
         alg_params = params_for(alg, params, args.threshold, schemas)
-        if alg_params is not params:
+        if alg_params is not params and examples:
             # The listing can advertise a threshold an algorithm refuses (fastdllm/apd has its own
             # rule): one request first, and the algorithm's own default if it says no.
             probe = {**request_base(alg, alg_params, model, args.max_tokens),
                      "messages": [{"role": "user", "content": examples[0].prompt}]}
-            rejected = await rejection_of(args.url, probe, args.api_key, args.timeout) if examples else None
+            rejected = await rejection_of(args.url, probe, args.api_key, args.timeout)
             if rejected and "threshold" in rejected:
                 print(f"dserve eval: {alg or 'default'} refuses threshold {args.threshold} ({rejected}); "
                       "evaluating it with its own default", file=sys.stderr)
