@@ -138,6 +138,8 @@ def test_streaming_chat_reports_counts_rates_and_percentiles(server, tmp_path, c
     summary = report["summary"]
     assert_consistent(summary, ok=16, failed=4, tokens_per_request=8)
     assert summary["errors"] == {"HTTP 429": 4}
+    assert summary["error_messages"] == {"HTTP 429": "slow down"}  # the server's own words
+    assert {r["error_message"] for r in report["requests"] if not r["ok"]} == {"slow down"}
     assert summary["model"] == "fake-diffusion"
     assert summary["input_tokens"] == 16 * (12 + 3)  # "Continue this text:" + 12 words
     ttft, latency = summary["ttft_s"], summary["latency_s"]
@@ -151,6 +153,30 @@ def test_streaming_chat_reports_counts_rates_and_percentiles(server, tmp_path, c
     printed = capsys.readouterr().out
     for label in ("Requests/sec", "Output tokens/sec", "Total tokens/sec", "Latency", "TTFT", "HTTP 429"):
         assert label in printed
+    assert any("HTTP 429" in line and "4  slow down" in line for line in printed.splitlines())
+
+
+def test_json_flag_prints_json_instead_of_the_table(server, capsys):
+    args = parse_cli("--url", server.url, "--requests", "3", "--concurrency", "3", "--max-tokens", "2", "--json")
+
+    assert bench.main(args) == 0
+
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # all of stdout is the JSON document
+    assert report["summary"]["requests_ok"] == 3 and len(report["requests"]) == 3
+    assert "Requests/sec" not in captured.out
+    assert "bench: 3/3 requests (100%)" in captured.err  # progress: a plain line, stderr is no terminal
+
+
+def test_every_request_failing_exits_1_naming_the_reason(server, capsys):
+    server.fail_every = 1
+    args = parse_cli("--url", server.url, "--requests", "4", "--concurrency", "2", "--no-progress")
+
+    assert bench.main(args) == 1
+
+    captured = capsys.readouterr()
+    assert "0 / 4" in captured.out
+    assert captured.err.strip() == "error: all 4 requests failed (HTTP 429: slow down)"
 
 
 def test_request_rate_mode_sends_every_request(server):
@@ -248,6 +274,7 @@ def test_unreachable_server_fails_requests_not_the_run(tmp_path):
     result = asyncio.run(bench.run_benchmark(config))
 
     assert result.requests_failed == 3 and result.errors == {"ConnectError": 3}
+    assert result.error_messages["ConnectError"]  # httpx's text, e.g. "All connection attempts failed"
     assert result.latency_s is None
 
 

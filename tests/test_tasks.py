@@ -208,7 +208,12 @@ def test_harness_arguments():
     p = argparse.ArgumentParser()
     add_arguments(p)
     a = p.parse_args(["--algorithm", "llada/reference", "--algorithm", "basic", "--param", "steps=32", "--param", "x=abc"])
-    assert a.num_samples == 200 and a.concurrency == 8 and a.max_tokens == 64
+    assert a.num_samples == 100 and a.concurrency == 16 and a.max_tokens == 64 and a.threshold == 0.9
+    assert not a.json and a.progress
+    for flag in ("--samples", "--num-samples", "--limit"):
+        assert p.parse_args([flag, "700"]).num_samples == 700
+    assert p.parse_args(["--threshold", "none"]).threshold is None
+    assert p.parse_args(["--threshold", "0.7"]).threshold == 0.7
     assert parse_algorithm(a.algorithm[0]) == {"engine": "llada", "generation_algorithm": "reference"}
     assert parse_algorithm(a.algorithm[1]) == {"generation_algorithm": "basic"}
     assert parse_algorithm(None) == {}
@@ -217,3 +222,32 @@ def test_harness_arguments():
         parse_params(["novalue"])
     with pytest.raises(ValueError):
         parse_algorithm("llada/")
+
+
+ALGORITHMS = [  # entries of GET /generation/algorithms, cut to what the harness reads
+    {"engine": "llada", "engine_aliases": [], "algorithm": "reference", "default": True,
+     "parameters": {"steps": {"default": None}}},
+    {"engine": "fastdllm", "engine_aliases": ["fast-dllm"], "algorithm": "dual_cache", "default": False,
+     "parameters": {"threshold": {"default": None}}},
+    {"engine": "dinfer", "engine_aliases": [], "algorithm": "dinfer_blockwise", "default": False,
+     "parameters": {"threshold": {"default": 0.9}}},
+    {"engine": "nemotron", "engine_aliases": [], "algorithm": "linear_spec", "default": False,
+     "parameters": {"threshold": {"default": 0.0}}},
+]
+
+
+def test_default_threshold_goes_only_to_algorithms_without_one():
+    from dserve_ops.evaluation.harness import params_for
+
+    assert params_for("fastdllm/dual_cache", {}, 0.9, ALGORITHMS) == {"threshold": 0.9}
+    assert params_for("fast-dllm/dual_cache", {"steps": 8}, 0.9, ALGORITHMS) == {"steps": 8, "threshold": 0.9}
+    assert params_for("dual_cache", {}, 0.5, ALGORITHMS) == {"threshold": 0.5}
+    assert params_for("fastdllm/dual_cache", {"threshold": 0.7}, 0.9, ALGORITHMS) == {"threshold": 0.7}  # --param wins
+    assert params_for("fastdllm/dual_cache", {}, None, ALGORITHMS) == {}  # --threshold none
+    assert params_for("fastdllm/dual_cache", {"factor": 1.0}, 0.9, ALGORITHMS) == {"factor": 1.0}  # factor wins anyway
+    assert params_for("llada/reference", {}, 0.9, ALGORITHMS) == {}  # takes no threshold
+    assert params_for(None, {}, 0.9, ALGORITHMS) == {}  # the server's default is llada/reference
+    assert params_for("dinfer/dinfer_blockwise", {}, 0.5, ALGORITHMS) == {}  # has its own threshold
+    assert params_for("nemotron/linear_spec", {}, 0.9, ALGORITHMS) == {}  # 0 is its own setting
+    assert params_for("llada/dual_cache", {}, 0.9, ALGORITHMS) == {}  # no such engine/algorithm
+    assert params_for("fastdllm/dual_cache", {}, 0.9, None) == {}  # a server without the listing

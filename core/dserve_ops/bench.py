@@ -4,6 +4,11 @@ Sends a fixed number of chat or completion requests, either from C closed-loop
 workers (`--concurrency`) or as an open-loop Poisson process (`--request-rate`),
 and reports throughput, end-to-end latency, time to first token and
 inter-token latency. `run_benchmark` is the programmatic entry point.
+
+The defaults (64 requests, 8-word prompts, 32 output tokens) fit the embedded tiny model's
+512-token context and finish in about a minute on a laptop CPU; pass a larger
+--requests/--prompt-len/--max-tokens for a real model. A failed request's error keeps the
+server's own message, and the report shows the first message of each distinct error.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from dserve_ops.progress import Progress
+
 ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 PROMPT_WORDS = (
     "the model reads a long story about rivers mountains cities and old machines "
@@ -37,11 +44,11 @@ class BenchConfig:
     model: str | None = None  # None: first id from GET /v1/models
     endpoint: str = "chat"
     api_key: str | None = None
-    num_requests: int = 100
+    num_requests: int = 64
     concurrency: int | None = 8  # closed loop; with request_rate it caps in-flight requests
     request_rate: float | None = None  # requests/s, Poisson arrivals; inf = all at once
-    max_tokens: int = 128
-    prompt_len: int = 64
+    max_tokens: int = 32
+    prompt_len: int = 8  # words; about 85 prompt tokens with the embedded model's chat template
     prompts_file: str | None = None
     stream: bool = True
     temperature: float | None = None
@@ -64,7 +71,8 @@ class RequestRecord:
     ttft_s: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
-    error: str | None = None  # "HTTP 429", exception class name, ...
+    error: str | None = None  # "HTTP 429", exception class name, ...: the key of BenchResult.errors
+    error_message: str | None = None  # the server's error message (or the exception's text)
 
 
 @dataclass
@@ -90,6 +98,7 @@ class BenchResult:
     requests_ok: int
     requests_failed: int
     errors: dict[str, int]
+    error_messages: dict[str, str]  # error -> the first message seen for it
     duration_s: float
     requests_per_s: float
     input_tokens: int
@@ -180,6 +189,20 @@ def build_bodies(config: BenchConfig, model: str) -> list[dict[str, Any]]:
     return bodies
 
 
+def error_message_of(status: int, body: bytes) -> str:
+    """The message of an OpenAI error object, else the start of the body."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return text[:300] or f"HTTP {status} with an empty body"
+
+
 def chunk_text(chunk: dict[str, Any]) -> str:
     parts = []
     for choice in chunk.get("choices") or []:
@@ -195,14 +218,14 @@ async def send_request(
     ttft = None
     content_chunks = 0
     usage: dict[str, Any] = {}
-    error = None
+    error = message = None
 
     try:
         if body.get("stream"):
             async with client.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
-                    await response.aread()
                     error = f"HTTP {response.status_code}"
+                    message = error_message_of(response.status_code, await response.aread())
                 else:
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):
@@ -213,6 +236,7 @@ async def send_request(
                         chunk = json.loads(payload)
                         if "error" in chunk:
                             error = "stream error"
+                            message = error_message_of(200, payload.encode())
                             break
                         if chunk_text(chunk):
                             content_chunks += 1
@@ -223,12 +247,14 @@ async def send_request(
             response = await client.post(path, json=body)
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}"
+                message = error_message_of(response.status_code, response.content)
             else:
                 data = response.json()
                 usage = data.get("usage") or {}
                 content_chunks = len(chunk_text(data).split())  # rough fallback when usage is missing
     except Exception as exc:  # a broken connection or malformed response fails this request, not the run
         error = type(exc).__name__
+        message = str(exc) or repr(exc)
 
     return RequestRecord(
         ok=error is None,
@@ -238,29 +264,8 @@ async def send_request(
         input_tokens=usage.get("prompt_tokens") or 0,
         output_tokens=usage.get("completion_tokens") or content_chunks,
         error=error,
+        error_message=message,
     )
-
-
-class ProgressLine:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.done = self.failed = 0
-        self.started = self.last_draw = time.perf_counter()
-
-    def update(self, record: RequestRecord) -> None:
-        self.done += 1
-        self.failed += not record.ok
-        now = time.perf_counter()
-        if self.enabled and (now - self.last_draw > 0.1 or self.done == self.total):
-            self.last_draw = now
-            filled = int(30 * self.done / self.total)
-            sys.stderr.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
-                f"  failed {self.failed}  {now - self.started:.1f}s"
-            )
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 async def fetch_default_model(client: httpx.AsyncClient) -> str:
@@ -286,7 +291,7 @@ async def run_benchmark(config: BenchConfig) -> BenchResult:
         model = config.model or await fetch_default_model(client)
         bodies = build_bodies(config, model)
         path = ENDPOINT_PATHS[config.endpoint]
-        progress = ProgressLine(len(bodies), config.progress)
+        progress = Progress(len(bodies), "bench", enabled=config.progress)
         records: list[RequestRecord] = []
         in_flight = asyncio.Semaphore(config.concurrency or len(bodies) or 1)
 
@@ -294,7 +299,7 @@ async def run_benchmark(config: BenchConfig) -> BenchResult:
             async with in_flight:
                 record = await send_request(client, path, body, bench_start)
             records.append(record)
-            progress.update(record)
+            progress.update(record.ok)
 
         bench_start = time.perf_counter()
         if config.request_rate is None:
@@ -330,6 +335,7 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
         requests_ok=len(ok),
         requests_failed=len(records) - len(ok),
         errors=dict(Counter(r.error for r in records if not r.ok)),
+        error_messages=first_error_messages(records),
         duration_s=duration,
         requests_per_s=per_second(len(ok)),
         input_tokens=input_tokens,
@@ -343,6 +349,14 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
     )
 
 
+def first_error_messages(records: list[RequestRecord]) -> dict[str, str]:
+    messages: dict[str, str] = {}
+    for record in records:
+        if record.error and record.error_message and record.error not in messages:
+            messages[record.error] = record.error_message
+    return messages
+
+
 def format_report(result: BenchResult) -> str:
     config = result.config
     if config.request_rate is not None:
@@ -353,7 +367,10 @@ def format_report(result: BenchResult) -> str:
         ("Model", result.model),
         ("Endpoint", f"{config.endpoint} ({'stream' if config.stream else 'no stream'}), {load}"),
         ("Requests ok / failed", f"{result.requests_ok} / {result.requests_failed}"),
-        *((f"  {error}", str(count)) for error, count in sorted(result.errors.items())),
+        *(
+            (f"  {error}", f"{count}  {result.error_messages.get(error, '')}".rstrip())
+            for error, count in sorted(result.errors.items())
+        ),
         ("Duration (s)", f"{result.duration_s:.2f}"),
         ("Requests/sec", f"{result.requests_per_s:.2f}"),
         ("Output tokens/sec", f"{result.output_tokens_per_s:.1f}"),
@@ -412,26 +429,30 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("target")
-    target.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL, with or without /v1")
+    target.add_argument("--url", default="http://127.0.0.1:8000",
+                        help="server base URL, with or without /v1 (default: %(default)s)")
     target.add_argument("--model", help="model id (default: first id from GET /v1/models)")
-    target.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="chat")
+    target.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="chat", help="(default: %(default)s)")
     target.add_argument("--api-key", help="bearer token (default: $DSERVE_API_KEY or $OPENAI_API_KEY)")
-    target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds (default: %(default)s)")
 
     load = parser.add_argument_group("load")
-    load.add_argument("--num-requests", "--requests", dest="num_requests", type=int, default=100)
+    load.add_argument("--requests", "--num-requests", dest="num_requests", type=int, default=64,
+                      help="requests to send (default: %(default)s)")
     load.add_argument("--concurrency", type=int,
                       help="closed loop with C workers (default 8); with --request-rate: max in flight")
     load.add_argument("--request-rate", type=float,
                       help="open loop: Poisson arrivals at R requests/s (inf: all at once)")
-    load.add_argument("--max-tokens", type=int, default=128, help="output length per request")
-    load.add_argument("--prompt-len", type=int, default=64, help="synthetic prompt length in words")
+    load.add_argument("--max-tokens", type=int, default=32,
+                      help="output length per request (default: %(default)s, fits the embedded model's 512-token context)")
+    load.add_argument("--prompt-len", type=int, default=8,
+                      help="synthetic prompt length in words (default: %(default)s, about 85 tokens with the chat template)")
     load.add_argument("--prompts-file", help='JSONL of {"prompt": ...} or {"messages": [...]}, cycled')
     load.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
-                      help="stream responses (needed for TTFT)")
-    load.add_argument("--seed", type=int, default=0, help="seeds synthetic prompts and arrival times")
+                      help="stream responses (needed for TTFT; default: on)")
+    load.add_argument("--seed", type=int, default=0, help="seeds synthetic prompts and arrival times (default: %(default)s)")
 
-    body = parser.add_argument_group("request body")
+    body = parser.add_argument_group("request body", "left out of the request when not given: the server's default applies")
     body.add_argument("--temperature", type=float)
     body.add_argument("--steps", type=int)
     body.add_argument("--block-length", type=int)
@@ -442,10 +463,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="extra body field, value JSON-decoded when possible (repeatable)")
 
     report = parser.add_argument_group("report")
-    report.add_argument("--output", help="write results as JSON to this file")
+    report.add_argument("--json", action="store_true",
+                        help="print the results as JSON on stdout instead of the table")
+    report.add_argument("--output", help="also write the results as JSON to this file")
     report.add_argument("--plot", help="write a latency plot PNG (needs matplotlib)")
     report.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress line on stderr")
+                        help="no progress on stderr (default: a bar on a terminal, a line per tenth otherwise)")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -478,13 +501,21 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(format_report(result))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_report(result))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(result.to_json(), f, indent=2)
     if args.plot:
         write_plot(result, args.plot)
-    return 0 if result.requests_ok else 1
+    if not result.requests_ok:
+        reasons = "; ".join(f"{error}: {result.error_messages.get(error, '')}".rstrip(": ")
+                            for error in sorted(result.errors))
+        print(f"error: all {result.requests_total} requests failed ({reasons})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

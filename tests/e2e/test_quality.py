@@ -36,9 +36,12 @@ def test_dserve_eval_command_reports_table_and_json(server, tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
-    rows = results["results"] if isinstance(results, dict) else results
+    rows = results["results"]
     assert {r["algorithm"] for r in rows} == {"llada/reference", "fastdllm/dual_cache"}
-    assert "accuracy" in run.stdout.lower()
+    assert all(r["params"] == {"threshold": 0.9} for r in rows)  # --param wins over --threshold
+    assert all("failures" in r for r in rows)  # the file keeps the failed examples
+    assert run.stdout.splitlines()[0].split()[:2] == ["algorithm", "acc"]
+    assert "{" not in run.stdout  # stdout is the table; JSON only with --json
 
 
 def test_dserve_eval_stops_at_once_when_the_model_failed_to_load(tmp_path):

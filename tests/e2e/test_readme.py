@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dserve.evaluation.tasks import KINDS, generate_examples
+from dserve_ops.evaluation.tasks import KINDS, generate_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
