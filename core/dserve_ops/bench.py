@@ -211,9 +211,7 @@ def chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def send_request(
-    client: httpx.AsyncClient, path: str, body: dict[str, Any], bench_start: float
-) -> RequestRecord:
+async def send_request(client: httpx.AsyncClient, path: str, body: dict[str, Any], bench_start: float) -> RequestRecord:
     start = time.perf_counter()
     ttft = None
     content_chunks = 0
@@ -230,7 +228,7 @@ async def send_request(
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):
                             continue
-                        payload = line[len("data:"):].strip()
+                        payload = line[len("data:") :].strip()
                         if payload == "[DONE]":
                             break
                         chunk = json.loads(payload)
@@ -322,11 +320,7 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
     input_tokens = sum(r.input_tokens for r in ok)
     output_tokens = sum(r.output_tokens for r in ok)
     # Per request: time between tokens after the first one (vLLM's TPOT); robust to block-wise streaming.
-    inter_token = [
-        (r.latency_s - r.ttft_s) / (r.output_tokens - 1)
-        for r in ok
-        if r.ttft_s is not None and r.output_tokens > 1
-    ]
+    inter_token = [(r.latency_s - r.ttft_s) / (r.output_tokens - 1) for r in ok if r.ttft_s is not None and r.output_tokens > 1]
     per_second = (lambda n: n / duration) if duration > 0 else (lambda n: 0.0)
     return BenchResult(
         config=config,
@@ -334,7 +328,7 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
         requests_total=len(records),
         requests_ok=len(ok),
         requests_failed=len(records) - len(ok),
-        errors=dict(Counter(r.error for r in records if not r.ok)),
+        errors=dict(Counter(r.error or "unknown" for r in records if not r.ok)),
         error_messages=first_error_messages(records),
         duration_s=duration,
         requests_per_s=per_second(len(ok)),
@@ -429,27 +423,38 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("target")
-    target.add_argument("--url", default="http://127.0.0.1:8000",
-                        help="server base URL, with or without /v1 (default: %(default)s)")
+    target.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="server base URL, with or without /v1 (default: %(default)s)"
+    )
     target.add_argument("--model", help="model id (default: first id from GET /v1/models)")
     target.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="chat", help="(default: %(default)s)")
     target.add_argument("--api-key", help="bearer token (default: $DSERVE_API_KEY or $OPENAI_API_KEY)")
     target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds (default: %(default)s)")
 
     load = parser.add_argument_group("load")
-    load.add_argument("--requests", "--num-requests", dest="num_requests", type=int, default=64,
-                      help="requests to send (default: %(default)s)")
-    load.add_argument("--concurrency", type=int,
-                      help="closed loop with C workers (default 8); with --request-rate: max in flight")
-    load.add_argument("--request-rate", type=float,
-                      help="open loop: Poisson arrivals at R requests/s (inf: all at once)")
-    load.add_argument("--max-tokens", type=int, default=32,
-                      help="output length per request (default: %(default)s, fits the embedded model's 512-token context)")
-    load.add_argument("--prompt-len", type=int, default=8,
-                      help="synthetic prompt length in words (default: %(default)s, about 85 tokens with the chat template)")
+    load.add_argument(
+        "--requests", "--num-requests", dest="num_requests", type=int, default=64, help="requests to send (default: %(default)s)"
+    )
+    load.add_argument(
+        "--concurrency", type=int, help="closed loop with C workers (default 8); with --request-rate: max in flight"
+    )
+    load.add_argument("--request-rate", type=float, help="open loop: Poisson arrivals at R requests/s (inf: all at once)")
+    load.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32,
+        help="output length per request (default: %(default)s, fits the embedded model's 512-token context)",
+    )
+    load.add_argument(
+        "--prompt-len",
+        type=int,
+        default=8,
+        help="synthetic prompt length in words (default: %(default)s, about 85 tokens with the chat template)",
+    )
     load.add_argument("--prompts-file", help='JSONL of {"prompt": ...} or {"messages": [...]}, cycled')
-    load.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
-                      help="stream responses (needed for TTFT; default: on)")
+    load.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=True, help="stream responses (needed for TTFT; default: on)"
+    )
     load.add_argument("--seed", type=int, default=0, help="seeds synthetic prompts and arrival times (default: %(default)s)")
 
     body = parser.add_argument_group("request body", "left out of the request when not given: the server's default applies")
@@ -459,28 +464,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     body.add_argument("--threshold", type=float)
     body.add_argument("--engine")
     body.add_argument("--algorithm", help="sent as generation_algorithm")
-    body.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
-                      help="extra body field, value JSON-decoded when possible (repeatable)")
+    body.add_argument(
+        "--param",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra body field, value JSON-decoded when possible (repeatable)",
+    )
 
     report = parser.add_argument_group("report")
-    report.add_argument("--json", action="store_true",
-                        help="print the results as JSON on stdout instead of the table")
+    report.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     report.add_argument("--output", help="also write the results as JSON to this file")
     report.add_argument("--plot", help="write a latency plot PNG (needs matplotlib)")
-    report.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress on stderr (default: a bar on a terminal, a line per tenth otherwise)")
+    report.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress on stderr (default: a bar on a terminal, a line per tenth otherwise)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     concurrency = args.concurrency if args.concurrency or args.request_rate is not None else 8
     return BenchConfig(
-        url=args.url, model=args.model, endpoint=args.endpoint,
+        url=args.url,
+        model=args.model,
+        endpoint=args.endpoint,
         api_key=args.api_key or os.environ.get("DSERVE_API_KEY") or os.environ.get("OPENAI_API_KEY"),
-        num_requests=args.num_requests, concurrency=concurrency, request_rate=args.request_rate,
-        max_tokens=args.max_tokens, prompt_len=args.prompt_len, prompts_file=args.prompts_file,
-        stream=args.stream, temperature=args.temperature, steps=args.steps, block_length=args.block_length,
-        threshold=args.threshold, engine=args.engine, algorithm=args.algorithm, extra_params=dict(args.param),
-        seed=args.seed, timeout_s=args.timeout, progress=args.progress,
+        num_requests=args.num_requests,
+        concurrency=concurrency,
+        request_rate=args.request_rate,
+        max_tokens=args.max_tokens,
+        prompt_len=args.prompt_len,
+        prompts_file=args.prompts_file,
+        stream=args.stream,
+        temperature=args.temperature,
+        steps=args.steps,
+        block_length=args.block_length,
+        threshold=args.threshold,
+        engine=args.engine,
+        algorithm=args.algorithm,
+        extra_params=dict(args.param),
+        seed=args.seed,
+        timeout_s=args.timeout,
+        progress=args.progress,
     )
 
 
@@ -490,8 +518,9 @@ def main(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("error: --plot needs the 'matplotlib' package, which is not installed "
-                  "(pip install matplotlib)", file=sys.stderr)
+            print(
+                "error: --plot needs the 'matplotlib' package, which is not installed (pip install matplotlib)", file=sys.stderr
+            )
             return 2
     config = config_from_args(args)
     try:
@@ -511,8 +540,7 @@ def main(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(result, args.plot)
     if not result.requests_ok:
-        reasons = "; ".join(f"{error}: {result.error_messages.get(error, '')}".rstrip(": ")
-                            for error in sorted(result.errors))
+        reasons = "; ".join(f"{error}: {result.error_messages.get(error, '')}".rstrip(": ") for error in sorted(result.errors))
         print(f"error: all {result.requests_total} requests failed ({reasons})", file=sys.stderr)
         return 1
     return 0

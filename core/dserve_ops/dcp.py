@@ -79,8 +79,7 @@ def resolve_dcp_dir(path: str | os.PathLike) -> Path:
         if (candidate / ".metadata").is_file():
             return candidate
     raise ConversionError(
-        f"{root} is not a torch.distributed.checkpoint directory: no .metadata in it, "
-        "in weights/ or in policy/weights/"
+        f"{root} is not a torch.distributed.checkpoint directory: no .metadata in it, in weights/ or in policy/weights/"
     )
 
 
@@ -154,14 +153,14 @@ def map_names(dcp_keys: list[str], base_names: set[str], *, tied: bool = False) 
             prefixes.add(".".join(parts[:i]) + ".")
 
     def hits(prefix: str) -> int:
-        return sum(1 for n in unwrapped.values() if n.startswith(prefix) and n[len(prefix):] in base_names)
+        return sum(1 for n in unwrapped.values() if n.startswith(prefix) and n[len(prefix) :] in base_names)
 
     prefix = max(sorted(prefixes, key=len), key=hits)  # ties: the shortest prefix
     mapping: dict[str, str] = {}
     unexpected, ignored, duplicate = [], [], []
     for key in sorted(dcp_keys):
         name = unwrapped[key]
-        target = name[len(prefix):] if name.startswith(prefix) else None
+        target = name[len(prefix) :] if name.startswith(prefix) else None
         if target in base_names:
             if target in mapping:
                 duplicate.append(key)
@@ -290,7 +289,9 @@ def convert(
         weight_map = {}
         for shard, file in zip(shards, files):
             state = {
-                names.mapping[n]: torch.empty(tuple(tensors[names.mapping[n]].size), dtype=tensors[names.mapping[n]].properties.dtype)
+                names.mapping[n]: torch.empty(
+                    tuple(tensors[names.mapping[n]].size), dtype=tensors[names.mapping[n]].properties.dtype
+                )
                 for n in shard
             }
             with _quiet_single_process_warning():
@@ -430,7 +431,13 @@ def ensure_converted(
             return target
         if target.exists():  # an interrupted conversion
             shutil.rmtree(target)
-        log.info("converting dcp checkpoint", dcp_path=str(dcp_dir), base_model=str(base_model), model_dir=str(target), cache_key=key[:16])
+        log.info(
+            "converting dcp checkpoint",
+            dcp_path=str(dcp_dir),
+            base_model=str(base_model),
+            model_dir=str(target),
+            cache_key=key[:16],
+        )
         return convert(dcp_dir, base_dir, target, dtype=dtype)
 
 
@@ -472,9 +479,15 @@ def prepare_settings(settings):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dcp-path", required=True, help="DCP directory (.metadata inside), or a NeMo-RL step / policy directory")
-    p.add_argument("--base-model", required=True, help="Hugging Face directory or cached repo id: config.json, tokenizer and parameter names")
+    p.add_argument(
+        "--base-model", required=True, help="Hugging Face directory or cached repo id: config.json, tokenizer and parameter names"
+    )
     p.add_argument("--output", "-o", required=True, help="where to write the Hugging Face directory")
-    p.add_argument("--dtype", default="base", help="base (the base model's dtypes, default) | keep (as stored) | bfloat16 | float16 | float32")
+    p.add_argument(
+        "--dtype",
+        default="base",
+        help="base (the base model's dtypes, default) | keep (as stored) | bfloat16 | float16 | float32",
+    )
     p.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="largest safetensors shard in GiB (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 

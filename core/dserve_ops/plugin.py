@@ -23,7 +23,9 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.main)
 
-    eval_parser = subparsers.add_parser("eval", help="quality harness: held-out task accuracy per engine/algorithm through a server")
+    eval_parser = subparsers.add_parser(
+        "eval", help="quality harness: held-out task accuracy per engine/algorithm through a server"
+    )
     harness.add_arguments(eval_parser)
     eval_parser.set_defaults(handler=harness.main)
 

@@ -211,7 +211,15 @@ def app_builder(args: dict[str, Any]):
     for key in list(args):
         if key in _DEPLOYMENT_KEYS:
             value = args.pop(key)
-            opts[key] = None if value in (None, "") else (int(value) if key in ("min_replicas", "max_replicas", "num_replicas", "max_ongoing_requests") else float(value))
+            opts[key] = (
+                None
+                if value in (None, "")
+                else (
+                    int(value)
+                    if key in ("min_replicas", "max_replicas", "num_replicas", "max_ongoing_requests")
+                    else float(value)
+                )
+            )
     return build_deployment(Settings(**args), DeploymentOptions(**opts))
 
 
@@ -224,17 +232,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve with Ray Serve: autoscaled replicas, one per GPU",
         description="Run dserve as a Ray Serve application: the same app as `dserve serve`, one replica per GPU, "
         "autoscaled between --min-replicas and --max-replicas. Serve flags go after `--`; its --host/--port "
-        "set Ray Serve's HTTP proxy. Needs the `ray` extra: pip install \"dserve[ray]\".",
+        'set Ray Serve\'s HTTP proxy. Needs the `ray` extra: pip install "dserve[ray]".',
         epilog="example: dserve ray-serve --min-replicas 1 --max-replicas 8 -- --model GSAI-ML/LLaDA-8B-Instruct",
     )
     p.add_argument("--min-replicas", type=int, default=1, help="autoscaling lower bound (default 1)")
     p.add_argument("--max-replicas", type=int, help="autoscaling upper bound (default: the cluster's GPUs, else --min-replicas)")
     p.add_argument("--num-replicas", type=int, help="a fixed number of replicas (turns autoscaling off)")
-    p.add_argument("--target-ongoing-requests", type=float, help="autoscaling target of ongoing requests per replica (default: the max batch size)")
-    p.add_argument("--max-ongoing-requests", type=int, help="requests Ray sends one replica at once (default: twice the max batch size)")
+    p.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        help="autoscaling target of ongoing requests per replica (default: the max batch size)",
+    )
+    p.add_argument(
+        "--max-ongoing-requests", type=int, help="requests Ray sends one replica at once (default: twice the max batch size)"
+    )
     p.add_argument("--num-gpus-per-replica", type=float, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default 1)")
-    p.add_argument("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, else a new local Ray")
+    p.add_argument(
+        "--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, else a new local Ray"
+    )
     p.add_argument("--no-dashboard", action="store_true", help="a new local Ray starts without its dashboard (less memory)")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="`--` then `dserve serve` flags")
     p.set_defaults(handler=ray_serve_command)
@@ -261,7 +277,10 @@ def ray_serve_command(args: argparse.Namespace) -> int:
         print(f"dserve ray-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     if getattr(settings, "gpus", None) or getattr(settings, "gpu_ids", None):
-        print("dserve ray-serve: --gpus/--gpu-ids start dserve's own multi-GPU front; under Ray Serve each replica is one engine: use --num-gpus-per-replica and --min/--max-replicas", file=sys.stderr)
+        print(
+            "dserve ray-serve: --gpus/--gpu-ids start dserve's own multi-GPU front; under Ray Serve each replica is one engine: use --num-gpus-per-replica and --min/--max-replicas",
+            file=sys.stderr,
+        )
         return 2
     if getattr(settings, "dcp_path", None):
         from dserve_ops.dcp import prepare_settings

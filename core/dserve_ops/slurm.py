@@ -67,17 +67,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--partition", "-p", help="partition (default: $SLURM_PARTITION, else the cluster's default)")
     g.add_argument("--qos", help="quality of service")
     g.add_argument("--job-name", "-J", default="dserve", help="job name (default dserve)")
-    g.add_argument("--output", "-o", default="dserve-%j.out", help="job output file (default dserve-%%j.out in the submit directory)")
-    g.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG", help="extra sbatch option, e.g. --sbatch-arg=--exclusive (repeatable)")
+    g.add_argument(
+        "--output", "-o", default="dserve-%j.out", help="job output file (default dserve-%%j.out in the submit directory)"
+    )
+    g.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra sbatch option, e.g. --sbatch-arg=--exclusive (repeatable)",
+    )
     g = s.add_argument_group("what runs")
-    g.add_argument("--port", type=int, help=f"server port on the node (default {DEFAULT_PORT}; 0 picks a free port when the job starts)")
-    g.add_argument("--container-image", help="container image for pyxis/enroot, e.g. /path/dserve.sqsh (runs the server with srun --container-image)")
+    g.add_argument(
+        "--port", type=int, help=f"server port on the node (default {DEFAULT_PORT}; 0 picks a free port when the job starts)"
+    )
+    g.add_argument(
+        "--container-image",
+        help="container image for pyxis/enroot, e.g. /path/dserve.sqsh (runs the server with srun --container-image)",
+    )
     g.add_argument("--container-mounts", help="container mounts, src:dst[,src:dst...]")
     g.add_argument("--container-workdir", help="working directory inside the container")
-    g.add_argument("--setup", action="append", default=[], metavar="CMD", help="shell line run before the server, e.g. 'source ~/venv/bin/activate' (repeatable)")
-    g.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the server (repeatable)")
+    g.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="shell line run before the server, e.g. 'source ~/venv/bin/activate' (repeatable)",
+    )
+    g.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the server (repeatable)"
+    )
     g.add_argument("--dserve-cmd", default="dserve", help="how to start dserve on the node (default: dserve)")
-    g.add_argument("--drain-before-limit", type=int, default=90, metavar="SECONDS", help="SIGTERM the server this long before the time limit so it drains (default 90; 0: off)")
+    g.add_argument(
+        "--drain-before-limit",
+        type=int,
+        default=90,
+        metavar="SECONDS",
+        help="SIGTERM the server this long before the time limit so it drains (default 90; 0: off)",
+    )
     g = s.add_argument_group("submitting")
     g.add_argument("--login-host", help="login host for the tunnel command (default: $DSERVE_LOGIN_HOST, else this host)")
     g.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
@@ -92,10 +119,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Wait for a dserve SLURM job to run, find its node and port, print the SSH tunnel command and test the server's /health/ready.",
     )
     c.add_argument("--job-id", "-j", required=True, help="the job id `dserve slurm submit` printed")
-    c.add_argument("--local-port", type=int, help="test through this local port (the local end of a tunnel you opened); default: test the node directly")
+    c.add_argument(
+        "--local-port",
+        type=int,
+        help="test through this local port (the local end of a tunnel you opened); default: test the node directly",
+    )
     c.add_argument("--login-host", help="login host for the tunnel command (default: $DSERVE_LOGIN_HOST, else this host)")
     c.add_argument("--port", type=int, help="server port (default: read from the job)")
-    c.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job to start and the model to load (default 900)")
+    c.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds to wait for the job to start and the model to load (default 900)"
+    )
     c.add_argument("--poll-interval", type=float, default=5.0, help="seconds between checks (default 5)")
     c.add_argument("--no-test", action="store_true", help="print the tunnel command only")
     c.set_defaults(handler=connect_command)
@@ -185,7 +218,12 @@ def build_script(spec: JobSpec) -> str:
         lines.append(f"#SBATCH {extra}")
 
     serve_args = list(spec.serve_args)
-    if spec.gpus > 1 and serve_accepts("--gpus") and "--gpus" not in serve_args and not any(a.startswith("--gpus=") for a in serve_args):
+    if (
+        spec.gpus > 1
+        and serve_accepts("--gpus")
+        and "--gpus" not in serve_args
+        and not any(a.startswith("--gpus=") for a in serve_args)
+    ):
         serve_args = ["--gpus", str(spec.gpus), *serve_args]  # one worker per GPU of the allocation
 
     lines += [
@@ -204,14 +242,14 @@ def build_script(spec: JobSpec) -> str:
             f'scontrol update JobId="$SLURM_JOB_ID" Comment="{COMMENT_PREFIX}$DSERVE_PORT" 2>/dev/null || true',
         ]
     lines += [
-        'DSERVE_NODE=$(hostname)',
+        "DSERVE_NODE=$(hostname)",
         'echo "DSERVE_NODE=$DSERVE_NODE"',
         'echo "DSERVE_PORT=$DSERVE_PORT"',
         'echo "dserve: job $SLURM_JOB_ID serves on http://$DSERVE_NODE:$DSERVE_PORT"',
         'echo "dserve: from your machine: ssh -N -L $DSERVE_PORT:$DSERVE_NODE:$DSERVE_PORT ${USER:-$(id -un)}@${SLURM_SUBMIT_HOST:-<login-host>}"',
         'echo "dserve: then: curl http://localhost:$DSERVE_PORT/health/ready   (or: dserve slurm connect --job-id $SLURM_JOB_ID)"',
     ]
-    serve = f"{spec.dserve_cmd} serve --host 0.0.0.0 --port \"$DSERVE_PORT\""
+    serve = f'{spec.dserve_cmd} serve --host 0.0.0.0 --port "$DSERVE_PORT"'
     if serve_args:
         serve += " " + shlex.join(serve_args)
     if spec.container_image:
@@ -372,7 +410,13 @@ def _output_path(job_id: str, fields: dict[str, str]) -> Path | None:
     path = fields.get("StdOut")
     if not path:
         return None
-    subs = {"%j": str(job_id), "%A": str(job_id), "%x": fields.get("JobName", ""), "%u": fields.get("UserId", "").split("(")[0], "%N": fields.get("BatchHost", "")}
+    subs = {
+        "%j": str(job_id),
+        "%A": str(job_id),
+        "%x": fields.get("JobName", ""),
+        "%u": fields.get("UserId", "").split("(")[0],
+        "%N": fields.get("BatchHost", ""),
+    }
     for k, v in subs.items():
         path = path.replace(k, v)
     if not os.path.isabs(path) and fields.get("WorkDir"):
@@ -432,7 +476,9 @@ def connect_command(args: argparse.Namespace) -> int:
     while True:
         state, reason = job_state(job_id)
         if state is None:
-            print(f"dserve slurm connect: job {job_id} is not in the queue (finished, cancelled or never existed)", file=sys.stderr)
+            print(
+                f"dserve slurm connect: job {job_id} is not in the queue (finished, cancelled or never existed)", file=sys.stderr
+            )
             return 1
         if state == "RUNNING":
             break
@@ -489,7 +535,10 @@ def connect_command(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             print(f"FAILED: {url} not ready after {args.timeout:.0f}s: {msg}", file=sys.stderr)
             if not args.local_port and msg.startswith("no answer"):
-                print("  (if compute nodes cannot be reached from here: open the tunnel above, then rerun with --local-port)", file=sys.stderr)
+                print(
+                    "  (if compute nodes cannot be reached from here: open the tunnel above, then rerun with --local-port)",
+                    file=sys.stderr,
+                )
             return 1
         if msg != last_msg:
             print(f"  not ready yet: {msg}", flush=True)

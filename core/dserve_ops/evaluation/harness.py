@@ -51,11 +51,18 @@ def parse_threshold(text: str) -> float | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of a running dserve server (default: %(default)s)")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="base URL of a running dserve server (default: %(default)s)"
+    )
     parser.add_argument("--model", default=None, help="model id to request (default: the server's first model)")
     parser.add_argument("--api-key", default=None, help="sent as a bearer token")
     parser.add_argument(
-        "--samples", "--num-samples", "--limit", dest="num_samples", type=int, default=DEFAULT_SAMPLES,
+        "--samples",
+        "--num-samples",
+        "--limit",
+        dest="num_samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
         help="held-out examples per algorithm, the first N of the seeded set (default: %(default)s; "
         "700 for the model card's full set)",
     )
@@ -64,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=64, help="(default: %(default)s)")
     parser.add_argument(
-        "--threshold", type=parse_threshold, default=DEFAULT_THRESHOLD, metavar="P|none",
+        "--threshold",
+        type=parse_threshold,
+        default=DEFAULT_THRESHOLD,
+        metavar="P|none",
         help="confidence threshold sent to algorithms whose own threshold defaults to none (Fast-dLLM's "
         "one token per step), per GET /generation/algorithms, unless --param sets it; "
         "'none': each algorithm's own default (default: %(default)s)",
@@ -86,20 +96,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat-check", type=int, default=0, metavar="N", help="resend the first N requests and compare")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
     parser.add_argument(
-        "--ready-timeout", type=float, default=300.0,
+        "--ready-timeout",
+        type=float,
+        default=300.0,
         help="seconds to wait for the server to list a model (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     parser.add_argument("--output", type=Path, default=None, help="also write the results (with failed examples) as JSON here")
     parser.add_argument(
-        "--no-progress", dest="progress", action="store_false",
+        "--no-progress",
+        dest="progress",
+        action="store_false",
         help="no progress on stderr (default: a bar on a terminal, a line per tenth otherwise)",
     )
     parser.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if any algorithm scores below this")
 
 
 def parse_algorithm(spec: str | None) -> dict[str, str]:
-    """"engine/algorithm" -> both request fields; "algorithm" -> generation_algorithm only."""
+    """ "engine/algorithm" -> both request fields; "algorithm" -> generation_algorithm only."""
     if not spec or spec == "default":
         return {}
     engine, sep, algorithm = spec.partition("/")
@@ -201,19 +215,20 @@ async def evaluate(
     """
     base = request_base(algorithm, params, model, max_tokens)
     own = client is None
-    if own:
+    if client is None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         client = httpx.AsyncClient(base_url=_base_url(url), timeout=timeout, headers=headers)
+    http: httpx.AsyncClient = client
     try:
-        results, wall = await _run(client, base, examples, concurrency, progress)
+        results, wall = await _run(http, base, examples, concurrency, progress)
         repeat = None
         if repeat_check > 0:
-            again, _ = await _run(client, base, examples[:repeat_check], concurrency, progress)
+            again, _ = await _run(http, base, examples[:repeat_check], concurrency, progress)
             pairs = [(a[0], b[0]) for a, b in zip(results, again) if a[2] is None and b[2] is None]
             repeat = {"n": len(pairs), "identical": sum(a == b for a, b in pairs)}
     finally:
         if own:
-            await client.aclose()
+            await http.aclose()
 
     n = len(examples)
     correct = garbage = errors = 0
@@ -249,7 +264,9 @@ async def evaluate(
         "params": params or {},
         "n": n,
         "accuracy": correct / n if n else 0.0,
-        "per_kind": {k: v[0] / v[1] for k, v in sorted(per_kind.items(), key=lambda kv: KINDS.index(kv[0]) if kv[0] in KINDS else 99)},
+        "per_kind": {
+            k: v[0] / v[1] for k, v in sorted(per_kind.items(), key=lambda kv: KINDS.index(kv[0]) if kv[0] in KINDS else 99)
+        },
         "trailing_garbage": garbage / answered if answered else 0.0,
         "errors": errors,
         "completion_tokens": completion_tokens,
@@ -396,17 +413,21 @@ async def _main(args: argparse.Namespace) -> int:
         if alg_params is not params and examples:
             # The listing can advertise a threshold an algorithm refuses (fastdllm/apd has its own
             # rule): one request first, and the algorithm's own default if it says no.
-            probe = {**request_base(alg, alg_params, model, args.max_tokens),
-                     "messages": [{"role": "user", "content": examples[0].prompt}]}
+            probe = {
+                **request_base(alg, alg_params, model, args.max_tokens),
+                "messages": [{"role": "user", "content": examples[0].prompt}],
+            }
             rejected = await rejection_of(args.url, probe, args.api_key, args.timeout)
             if rejected and "threshold" in rejected:
-                print(f"dserve eval: {alg or 'default'} refuses threshold {args.threshold} ({rejected}); "
-                      "evaluating it with its own default", file=sys.stderr)
+                print(
+                    f"dserve eval: {alg or 'default'} refuses threshold {args.threshold} ({rejected}); "
+                    "evaluating it with its own default",
+                    file=sys.stderr,
+                )
                 alg_params = params
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in alg_params.items())
         print(
-            f"evaluating {alg or 'default'} on {len(examples)} held-out examples"
-            + (f" ({shown})" if shown else "") + " ...",
+            f"evaluating {alg or 'default'} on {len(examples)} held-out examples" + (f" ({shown})" if shown else "") + " ...",
             file=sys.stderr,
             flush=True,
         )
@@ -469,6 +490,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # python -m dserve_ops.evaluation.harness
-    _parser = argparse.ArgumentParser(prog="dserve eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser = argparse.ArgumentParser(
+        prog="dserve eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

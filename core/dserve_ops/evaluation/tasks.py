@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 KINDS: tuple[str, ...] = ("reverse", "sort", "add", "swap", "upper", "repeat", "replace")
 SPLITS: tuple[str, ...] = ("train", "heldout")
