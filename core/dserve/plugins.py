@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from dserve import hookspecs
+from dserve.fields import DecodingField
 from dserve.registry import EngineSpec, ModelSpec, Registry
 
 ENTRY_POINT_GROUP = "dserve"
@@ -57,6 +58,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         )
         only_this("register_engines", remove_plugins=others)(
             register=lambda spec, _n=name: _add(registry.add_engine, spec, EngineSpec, _n)
+        )
+        only_this("register_server_flags", remove_plugins=others)(
+            register=lambda spec, _n=name: _add(registry.add_server_flag, spec, DecodingField, _n)
         )
     return registry
 
