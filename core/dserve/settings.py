@@ -52,18 +52,18 @@ class ServerSettings(BaseSettings):
     model: str | None = Field(None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model")
     tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
     served_model_name: str | None = Field(None, description="model id clients use (default: derived from --model)")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: the checkpoint's dtype on GPU, float32 on CPU)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
-    enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly")
-    compile: bool = Field(False, description="torch.compile the model's forward (first requests of each shape compile)")
+    enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly (GPU only)")
+    compile: bool = Field(False, description="torch.compile the model's forward (first requests of each shape compile; --no-compile: off)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; the modes that use CUDA graphs replace dserve's own graphs"
     )
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')"
     )
-    flash_attention: bool = Field(True, description="let SDPA use flash / cuDNN attention kernels on the GPU (off: math or memory-efficient kernels only)")
+    flash_attention: bool = Field(True, description="let SDPA use flash / cuDNN attention kernels on the GPU (--no-flash-attention: math or memory-efficient kernels only)")
     gpu_memory_utilization: float = Field(
         1.0, gt=0.0, le=1.0,
         description="fraction of the GPU's memory this process may allocate (vLLM's flag); beyond it a step "
@@ -72,10 +72,10 @@ class ServerSettings(BaseSettings):
     load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights in the checkpoint's shape (benchmarks; vLLM's flag)")
 
     # server
-    host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
-    log_json: bool = False
-    log_level: str = "info"
+    host: str = Field("0.0.0.0", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    log_json: bool = Field(False, description="JSON log lines")
+    log_level: str = Field("info", description="debug | info | warning | error")
     log_prompts: bool = Field(False, description="include prompt text in logs")
 
     # scheduling
@@ -91,10 +91,10 @@ class ServerSettings(BaseSettings):
         None, description="accepted bearer key(s): one key, k1,k2 or a JSON list; the flag can repeat"
     )
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
-    max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1)
-    cors_origins: list[str] | None = None
-    metrics: bool = True
-    metrics_require_key: bool = False
+    max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1, description="largest request body in bytes")
+    cors_origins: list[str] | None = Field(None, description="allowed CORS origin (the flag --cors-origin repeats)")
+    metrics: bool = Field(True, description="serve /metrics (--no-metrics: off)")
+    metrics_require_key: bool = Field(False, description="/metrics needs the API key")
 
     # scale-out (docs/scale-out.md): one worker process per GPU behind a routing front
     gpus: int | None = Field(None, ge=1, description="start this many workers (GPUs 0..N-1) behind a front")

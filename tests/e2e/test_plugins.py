@@ -75,7 +75,7 @@ def _greedy_left_to_right(prompt_ids, gen_length, per_step):
     """The algorithm computed independently of the plugin, with the same model."""
     import torch
 
-    from dserve.service import default_model_dir
+    from dserve.loader import default_model_dir
     from dserve.plugins import get_registry
     from dserve_llada.model import load_llada
 

@@ -67,17 +67,7 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
     tok = service.model.tokenizer
     loop = asyncio.get_running_loop()
     store = _store(request)
-    fields = {
-        "temperature": body.temperature,
-        "steps": body.steps,
-        "block_length": body.block_length,
-        "remasking": body.remasking,
-        "threshold": body.threshold,
-        "factor": body.factor,
-        "cfg_scale": body.cfg_scale,
-        **(body.model_extra or {}),
-    }
-    fields.pop("prompts", None)
+    fields = body.algorithm_fields()  # the declared decoding fields, then the algorithm's own
     if len(prompts) > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
         raise BadRequest(
             f"{len(prompts)} prompts; this server queues at most {service.scheduler.max_queue_size} (--max-queue-size)",
