@@ -226,6 +226,8 @@ def _plugins(args: argparse.Namespace) -> int:
         for e in row["engines"]:
             aliases = f" (aliases: {', '.join(e['aliases'])})" if e["aliases"] else ""
             print(f"  engine  {e['name']}{aliases}: {', '.join(e['algorithms'])} [default {e['default_algorithm']}]")
+        for f in row["server_flags"]:
+            print(f"  flag    {', '.join(f['flags'])} (env {f['env']})")
     return 0
 
 

@@ -102,6 +102,11 @@ def plugin_summary(pm: pluggy.PluginManager | None = None) -> list[dict]:
                     for e in registry.engines.values()
                     if registry.owners[("engine", e.name)] == name
                 ],
+                "server_flags": [
+                    {"name": f.name, "flags": list(f.cli_flags), "env": f.env_var}
+                    for f in registry.server_flags.values()
+                    if registry.owners[("server_flag", f.name)] == name
+                ],
             }
         )
     return rows

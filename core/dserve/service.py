@@ -14,9 +14,9 @@ import structlog
 
 from dserve import loader
 from dserve.errors import APIError, BadRequest, NotFound, Unavailable
-from dserve.fields import param_names, server_param_defaults
+from dserve.fields import server_param_defaults
 from dserve.output import OutputTracker
-from dserve.params import ParamError, params_schema, resolve_params
+from dserve.params import CORE_PARAM_NAMES, ParamError, params_schema, resolve_params
 from dserve.registry import AlgorithmSpec, EngineSpec, ModelSpec, Registry
 from dserve.scheduler import GenerationHandle, Scheduler
 from dserve.sequence import RequestSpec, Sequence
@@ -184,15 +184,18 @@ class GenerationService:
         """A request's engine, algorithm and parameters, resolved once (request > server
         defaults > model defaults > algorithm defaults) into what its sequences carry."""
         choice = self.choose(engine, algorithm)
-        fields_declared = self.registry.decoding_fields
+        params_cls = choice.algorithm.load_params()
+        server = server_param_defaults(self.settings, self.registry.decoding_fields)
+        # a plugin's server flag is a default for the algorithms that have that parameter only;
+        # in a request body it is an unknown field for the others, like any typo
+        server = {k: v for k, v in server.items() if k in params_cls.model_fields or k in CORE_PARAM_NAMES}
         try:
             params = resolve_params(
-                choice.algorithm.load_params(),
+                params_cls,
                 self.model.info.default_params,
-                server_param_defaults(self.settings, fields_declared),
+                server,
                 fields,
                 algorithm=f"{choice.engine.name}/{choice.algorithm.name}",
-                shared=param_names(fields_declared),
             )
         except ParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
