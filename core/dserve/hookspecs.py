@@ -56,7 +56,7 @@ def register_server_flags(register: Callable[["DecodingField"], None]) -> None:
     server default for the algorithm parameter of that name (algorithms that lack it ignore it);
     a boolean field with ``selects=(engine, algorithm)`` makes that pair the server's default
     when it is on and no ``--engine`` / ``--algorithm`` is given. The core names no engine's
-    algorithm: fastdllm's ``--enable-apd`` / ``--apd-threshold`` come through this hook.
+    algorithm: an engine's own flags (fastdllm's among them) come through this hook.
     """
 
 

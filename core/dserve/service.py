@@ -109,7 +109,7 @@ class GenerationService:
         return self._choice(engine, algorithm)
 
     def _selected_by_flag(self) -> tuple[str | None, str | None]:
-        """A plugin's boolean server flag that, when on, picks the default (e.g. --enable-apd)."""
+        """A plugin's boolean server flag that, when on, picks the default engine and algorithm."""
         for flag in self.registry.server_flags.values():
             if flag.selects and flag.setting_name and getattr(self.settings, flag.setting_name, False):
                 return flag.selects

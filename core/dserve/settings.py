@@ -2,7 +2,7 @@
 
 `Settings` is `ServerSettings` plus one attribute per decoding field with a server flag: the
 core's (dserve.fields.CORE_FIELDS) and those the installed plugins register through the
-`register_server_flags` hook (fastdllm's --enable-apd, --apd-threshold, ...).
+`register_server_flags` hook (e.g. the fastdllm plugin's flags for its algorithms).
 """
 
 from __future__ import annotations
