@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pydantic import create_model
 
 from dserve import loader
 from dserve.errors import APIError, BadRequest, NotFound, Unavailable
@@ -168,6 +169,25 @@ class GenerationService:
                         "parameters": params_schema(alg.load_params()),
                     }
                 )
+        return out
+
+    def decoding_fields(self) -> list[dict]:
+        """The declared decoding fields (the core's and the plugins'): bounds, flag, variable and
+        the server's default for each (for /generation/algorithms)."""
+        out = []
+        for f in self.registry.decoding_fields:
+            schema = params_schema(create_model("F", **{f.name: (f.optional_type(), f.field_info(None))}))[f.name]
+            schema.pop("default", None)
+            out.append(
+                {
+                    "name": f.name,
+                    **schema,
+                    "request_field": f.wire,
+                    "flags": list(f.cli_flags) if f.setting_name else [],
+                    "env": f.env_var,
+                    "server_default": getattr(self.settings, f.setting_name) if f.setting_name else None,
+                }
+            )
         return out
 
     # ---- requests -----------------------------------------------------------------------------

@@ -141,3 +141,13 @@ def test_api_key_as_plain_comma_separated_or_json(monkeypatch, given, keys):
     args = build_parser().parse_args(["serve", "--api-key", given])
     assert Settings(api_key=args.api_key).api_key == keys
     assert Settings(api_key=build_parser().parse_args(["serve", "--api-key", "a", "--api-key", "b"]).api_key).api_key == ["a", "b"]
+
+
+def test_generation_algorithms_fields_show_bounds_flags_and_the_servers_defaults():
+    from dserve.plugins import get_registry
+    from dserve.service import GenerationService
+
+    fields = {f["name"]: f for f in GenerationService(Settings(steps=8, threshold=0.5), get_registry()).decoding_fields()}
+    assert (fields["steps"]["server_default"], fields["steps"]["minimum"], fields["steps"]["maximum"]) == (8, 1, 512)
+    assert fields["threshold"]["server_default"] == 0.5 and fields["threshold"]["env"] == "DSERVE_THRESHOLD"
+    assert fields["generation_algorithm"]["flags"] == ["--algorithm"] and fields["enable_apd"]["request_field"] is False
