@@ -224,18 +224,16 @@ class GenerationService:
     def submit(
         self,
         prompt_ids: list[int],
+        spec: RequestSpec,
         *,
-        fields: dict[str, Any],
-        engine: str | None,
-        algorithm: str | None,
         max_tokens: int | None,
         n: int,
         seed: int | None,
         stop: list[str],
         loop: asyncio.AbstractEventLoop,
         ignore_eos: bool = False,
-    ) -> tuple[RequestSpec, list[GenerationHandle]]:
-        spec = self.resolve(engine, algorithm, fields)
+    ) -> list[GenerationHandle]:
+        """Queue `n` sequences of one prompt, decoded as `spec` (from `resolve`) says."""
         params = spec.params
         max_tokens = max_tokens or self.settings.max_tokens
         if not prompt_ids:
@@ -258,7 +256,7 @@ class GenerationService:
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
             handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))
         self.scheduler.submit(handles)
-        return spec, handles
+        return handles
 
 
 def describe_error(exc: BaseException) -> str:

@@ -67,7 +67,8 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
     tok = service.model.tokenizer
     loop = asyncio.get_running_loop()
     store = _store(request)
-    fields = body.algorithm_fields()  # the declared decoding fields, then the algorithm's own
+    # engine, algorithm and parameters resolved once for all the prompts
+    spec = service.resolve(body.engine, body.generation_algorithm, body.algorithm_fields())
     if len(prompts) > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
         raise BadRequest(
             f"{len(prompts)} prompts; this server queues at most {service.scheduler.max_queue_size} (--max-queue-size)",
@@ -82,11 +83,9 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
                 if getattr(tok, "chat_template", None)
                 else completion_prompt_ids(tok, prompt)
             )
-            _, (handle,) = service.submit(
+            (handle,) = service.submit(
                 ids,
-                fields=fields,
-                engine=body.engine,
-                algorithm=body.generation_algorithm,
+                spec,
                 max_tokens=body.max_tokens or body.gen_length,
                 n=1,
                 seed=body.seed,
