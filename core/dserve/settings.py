@@ -115,6 +115,9 @@ class ServerSettings(BaseSettings):
 
 def settings_class(fields: Sequence[DecodingField]) -> type[ServerSettings]:
     """ServerSettings plus the decoding fields' server flags (name, type, bounds, default)."""
+    clash = sorted(set(settings_fields(fields)) & set(ServerSettings.model_fields))
+    if clash:
+        raise ValueError(f"decoding field(s) {clash} would replace server settings of the same name")
     return create_model(  # type: ignore[call-overload,no-any-return]
         "Settings", __base__=ServerSettings, __module__=__name__, **settings_fields(fields)
     )

@@ -151,3 +151,14 @@ def test_generation_algorithms_fields_show_bounds_flags_and_the_servers_defaults
     assert (fields["steps"]["server_default"], fields["steps"]["minimum"], fields["steps"]["maximum"]) == (8, 1, 512)
     assert fields["threshold"]["server_default"] == 0.5 and fields["threshold"]["env"] == "DSERVE_THRESHOLD"
     assert fields["generation_algorithm"]["flags"] == ["--algorithm"] and fields["enable_apd"]["request_field"] is False
+
+
+def test_a_plugin_flag_cannot_take_a_core_name():
+    from dserve.fields import DecodingField
+    from dserve.registry import Registry
+    from dserve.settings import settings_class
+
+    with pytest.raises(ValueError, match="registered twice"):
+        Registry().add_server_flag(DecodingField("threshold", float, "a second threshold"), "someplugin")
+    with pytest.raises(ValueError, match="port"):
+        settings_class([DecodingField("port", int, "a second port")])
