@@ -110,3 +110,11 @@ def test_dserve_help_is_the_serve_help_with_defaults_and_variables():
             continue
         assert f"env: DSERVE_{action.dest.upper()}" in action.help, action.option_strings
         assert "default" in action.help, action.option_strings
+
+
+def test_front_gives_up_on_workers_that_cannot_serve():
+    """Workers that exit at startup are not restarted forever: the front exits 1 as well."""
+    run = _serve("--gpus", "2", "--worker-start-interval", "0", *MODEL_ARGS, "--engine", "nope")
+    assert run.returncode == 1, run.stderr
+    assert "dserve: cannot serve: every worker failed at startup" in run.stderr
+    assert run.stderr.count("dserve: cannot serve: --engine nope: unknown engine 'nope'") == 2  # each worker's own line
