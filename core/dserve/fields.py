@@ -43,6 +43,7 @@ class DecodingField:
     param: bool = True  # handed to the algorithm's parameter model (False: engine / algorithm choice)
     negative_flags: tuple[str, ...] = ()  # boolean flags: extra spellings that turn it off
     selects: tuple[str, str] | None = None  # boolean flags: when on, the default (engine, algorithm)
+    request_description: str | None = None  # on the wire, where it differs from the flag's
 
     @property
     def setting_name(self) -> str | None:
@@ -96,6 +97,7 @@ CORE_FIELDS: tuple[DecodingField, ...] = (
     DecodingField(
         "max_tokens", int, "tokens to generate when a request gives no max_tokens",
         bounds={"ge": 1, "le": 65536}, server_default=128, param=False,
+        request_description="most tokens to generate (default: the server's --max-tokens)",
     ),
 )
 
@@ -107,7 +109,7 @@ def declared(name: str) -> DecodingField:
 
 def wire_fields(fields: Iterable[DecodingField] = CORE_FIELDS) -> dict[str, Any]:
     """``create_model`` field definitions for the request body: every wire field, optional."""
-    return {f.name: (f.optional_type(), f.field_info(None)) for f in fields if f.wire}
+    return {f.name: (f.optional_type(), f.field_info(None, f.request_description)) for f in fields if f.wire}
 
 
 def settings_fields(fields: Iterable[DecodingField]) -> dict[str, Any]:
