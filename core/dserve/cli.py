@@ -9,87 +9,117 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+import typing
+from typing import Any, Sequence
 
 from dserve import __version__
 
-def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="checkpoint directory or HF repo id in the local cache (default: the embedded tiny model)")
-    g.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
-    g.add_argument("--served-model-name", help="the model id clients send")
-    g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto: checkpoint dtype on GPU, float32 on CPU)")
-    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--trust-remote-code", action="store_true", default=None, help="accepted and ignored: dserve's models are native")
-    g.add_argument("--enforce-eager", action="store_true", default=None, help="disable CUDA graphs (GPU only)")
-    g.add_argument("--load-format", choices=["auto", "dummy"], help="dummy: random weights in the shape of --model's config.json (benchmarks)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model's forward (default off; --no-compile)")
-    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    g.add_argument("--quantization", choices=["8bit", "4bit"],
-                   help="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')")
-    g.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=None,
-                   help="SDPA may use flash / cuDNN attention on the GPU (default on; --no-flash-attention)")
-    g.add_argument("--gpu-memory-utilization", type=float,
-                   help="fraction of the GPU's memory the server may allocate (default 1.0); a step that needs more "
-                   "sheds its newest requests with 503 instead of crashing")
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The `dserve serve` flags. Each sets the Settings attribute of its dest; its help is that
+    attribute's description, default and DSERVE_* variable (added by `_describe_settings`)."""
+    from dserve.fields import add_cli_arguments
+    from dserve.plugins import get_registry
 
+    g = p.add_argument_group("model")
+    g.add_argument("--model")
+    g.add_argument("--tokenizer")
+    g.add_argument("--served-model-name")
+    g.add_argument("--dtype")
+    g.add_argument("--device")
+    g.add_argument("--trust-remote-code", action="store_true", default=None)
+    g.add_argument("--enforce-eager", action="store_true", default=None)
+    g.add_argument("--load-format")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--compile-mode")  # choices: the Settings field's Literal
+    g.add_argument("--quantization")
+    g.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--gpu-memory-utilization", type=float)
+
+    # from the one declaration of decoding fields, then the installed plugins' server flags
     g = p.add_argument_group("decoding defaults (a request's own fields win)")
-    g.add_argument("--engine", help="default engine (default: the model family's)")
-    g.add_argument("--algorithm", help="default generation algorithm")
-    g.add_argument("--steps", "--diffusion-steps", dest="steps", type=int, help="denoising steps (default: one token per step)")
-    g.add_argument("--block-length", "--block-size", dest="block_length", type=int)
-    g.add_argument("--remasking", choices=["low_confidence", "random"])
-    g.add_argument("--threshold", type=float)
-    g.add_argument("--factor", type=float)
-    g.add_argument("--cfg-scale", type=float)
-    g.add_argument("--enable-apd", action=argparse.BooleanOptionalAction, default=None,
-                   help="default to fastdllm/apd, confidence-adaptive parallel decoding (--disable-apd/--no-enable-apd: off)")
-    g.add_argument("--disable-apd", dest="enable_apd", action="store_false", default=None, help=argparse.SUPPRESS)
-    g.add_argument("--apd-max-parallel", type=int, help="apd: most tokens committed per step (default 8)")
-    g.add_argument("--apd-threshold", type=float, help="apd: confidence each token needs, left to right (default 0.3)")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--max-tokens", type=int, help="max_tokens when a request gives none (default 128)")
+    add_cli_arguments(g, get_registry().decoding_fields)
 
     g = p.add_argument_group("server")
-    g.add_argument("--host", help="bind address (default 0.0.0.0)")
-    g.add_argument("--port", type=int, help="port (default 8000)")
-    g.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
-    g.add_argument("--log-level", help="debug | info | warning | error")
-    g.add_argument("--log-prompts", action="store_true", default=None, help="include prompt text in logs")
+    g.add_argument("--host")
+    g.add_argument("--port", type=int)
+    g.add_argument("--log-json", action="store_true", default=None)
+    g.add_argument("--log-level")
+    g.add_argument("--log-prompts", action="store_true", default=None)
 
     g = p.add_argument_group("scheduling")
-    g.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, help="sequences per running batch (default 16)")
-    g.add_argument("--max-wait-time", type=float, help="seconds an idle server waits to fill its first batch (default 0)")
-    g.add_argument("--max-queue-size", type=int, help="waiting requests before 429 (default 256)")
-    g.add_argument("--request-timeout", type=float, help="seconds before a request fails with a timeout error")
-    g.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
-    g.add_argument("--result-ttl", type=float, help="seconds async job results are kept (default 600)")
+    g.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int)
+    g.add_argument("--max-wait-time", type=float)
+    g.add_argument("--max-queue-size", type=int)
+    g.add_argument("--request-timeout", type=float)
+    g.add_argument("--shutdown-grace", type=float)
+    g.add_argument("--result-ttl", type=float)
 
     g = p.add_argument_group("middleware")
-    g.add_argument("--api-key", action="append", help="accepted bearer key (repeatable); env DSERVE_API_KEY='[\"k1\",\"k2\"]'")
-    g.add_argument("--rate-limit-requests", type=int, help="requests per minute per client")
-    g.add_argument("--max-body-bytes", type=int, help="largest request body (default 4 MiB)")
-    g.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)")
-    g.add_argument("--no-metrics", dest="metrics", action="store_false", default=None, help="disable /metrics")
-    g.add_argument("--metrics-require-key", action="store_true", default=None, help="/metrics needs the API key")
+    g.add_argument("--api-key", action="append")
+    g.add_argument("--rate-limit-requests", type=int)
+    g.add_argument("--max-body-bytes", type=int)
+    g.add_argument("--cors-origin", dest="cors_origins", action="append")
+    g.add_argument("--no-metrics", dest="metrics", action="store_false", default=None)
+    g.add_argument("--metrics-require-key", action="store_true", default=None)
 
     g = p.add_argument_group("multi-GPU front and DCP checkpoints (docs/scale-out.md)")
-    g.add_argument("--gpus", type=int, help="one worker per GPU 0..N-1 behind a routing front")
-    g.add_argument("--gpu-ids", help="GPU ids for the workers, e.g. 0,2,4,6 (implies the front)")
-    g.add_argument("--worker-start-interval", type=float, help="seconds between worker launches (default 1)")
-    g.add_argument("--worker-base-port", type=int, help="worker i listens on 127.0.0.1:<this + i> (default: free ports)")
-    g.add_argument("--worker-log-dir", help="write worker i's output to DIR/worker-i.log (default: the front's output)")
-    g.add_argument("--dcp-path", help="NeMo-RL torch.distributed.checkpoint directory to serve (converted once, cached)")
-    g.add_argument("--base-model", help="the Hugging Face model the DCP checkpoint was trained from (config, tokenizer, names)")
-    g.add_argument("--dcp-cache-dir", help="where converted DCP checkpoints are kept (default ~/.cache/dserve/dcp)")
+    g.add_argument("--gpus", type=int)
+    g.add_argument("--gpu-ids")
+    g.add_argument("--worker-start-interval", type=float)
+    g.add_argument("--worker-base-port", type=int)
+    g.add_argument("--worker-log-dir")
+    g.add_argument("--dcp-path")
+    g.add_argument("--base-model")
+    g.add_argument("--dcp-cache-dir")
+    _describe_settings(p)
+
+
+def _describe_settings(p: argparse.ArgumentParser) -> None:
+    """Each flag's help from its Settings field: description, default, environment variable."""
+    from dserve.settings import Settings
+
+    for action in p._actions:
+        field = Settings.model_fields.get(action.dest)
+        if field is None or action.help == argparse.SUPPRESS:
+            continue
+        default = field.get_default()
+        if isinstance(default, bool):  # --no-metrics too: the feature's default
+            shown = "on" if default else "off"
+        else:
+            shown = "none" if default is None else str(default)
+        text = (action.help or field.description or "").replace("%", "%%")
+        env = f"env: DSERVE_{action.dest.upper()}"
+        if default is None and "default" in text:  # the description says what "not set" means
+            action.help = f"{text} ({env})"
+        else:
+            action.help = f"{text} (default: {shown}; {env})".lstrip()
+        if action.choices is None and action.nargs != 0:
+            action.choices = _literal_choices(field.annotation)
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    """The values of a Literal[...] (or Literal[...] | None) annotation."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return typing.get_args(candidate)
+    return None
+
+
+def _commands_epilog(sub: argparse._SubParsersAction) -> str:
+    lines = ["other commands (dserve COMMAND --help):"]
+    for action in sub._choices_actions:
+        if action.dest != "serve":
+            lines.append(f"  {action.dest:<12} {action.help or ''}")
+    lines.append("")
+    lines.append("Every flag can also be set by its DSERVE_* environment variable; a flag given on the command line wins.")
+    return "\n".join(lines)
 
 
 def serve_parser() -> argparse.ArgumentParser:
     """A parser with exactly the `dserve serve` flags, for tools that validate or forward
     them: the multi-GPU front's worker command line, `dserve slurm submit`, `dserve ray-serve`."""
     parser = argparse.ArgumentParser(prog="dserve serve", add_help=False)
-    _add_serve_arguments(parser)
+    add_serve_arguments(parser)
     return parser
 
 
@@ -98,8 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the OpenAI-compatible server")
-    _add_serve_arguments(serve)
+    serve = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server (the default command)",
+        description="Serve masked-diffusion language models with an OpenAI-compatible API "
+        "(`dserve --model M` is `dserve serve --model M`).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
@@ -110,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     from dserve.plugins import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(subparsers=sub)  # the operations wing's too
+    serve.prog = "dserve [serve]"
+    serve.epilog = _commands_epilog(sub)  # `dserve --help` is this help: it lists the other commands too
     return parser
 
 
@@ -146,8 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from dserve.server import serve
 
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -166,13 +203,16 @@ def _plugins(args: argparse.Namespace) -> int:
         for e in row["engines"]:
             aliases = f" (aliases: {', '.join(e['aliases'])})" if e["aliases"] else ""
             print(f"  engine  {e['name']}{aliases}: {', '.join(e['algorithms'])} [default {e['default_algorithm']}]")
+        for f in row["server_flags"]:
+            print(f"  flag    {', '.join(f['flags'])} (env {f['env']})")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):  # flags first: serve
+    # `dserve --model M` and `dserve --help` are the serve command's (its help lists the others)
+    if not argv or (argv[0].startswith("-") and argv[0] != "--version"):
         argv = ["serve", *argv]
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)

@@ -13,12 +13,14 @@ the work itself (models, engines) lives in classes the registrations name lazily
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
 if TYPE_CHECKING:
+    from dserve.fields import DecodingField
     from dserve.registry import EngineSpec, ModelSpec
+    from dserve.service import GenerationService
     from dserve.settings import Settings
 
 hookspec = pluggy.HookspecMarker("dserve")
@@ -42,6 +44,20 @@ def register_engines(register: Callable[["EngineSpec"], None]) -> None:
     Call ``register(EngineSpec(...))`` once per engine, listing its algorithms, each with its
     runner class, its parameter model and the model capabilities it needs. Requests pick an
     engine with ``engine`` and an algorithm with ``generation_algorithm``.
+    """
+
+
+@hookspec
+def register_server_flags(register: Callable[["DecodingField"], None]) -> None:
+    """Add server flags for an engine's own decoding parameters.
+
+    Call ``register(DecodingField(...))`` once per flag. Each becomes a ``dserve serve`` option
+    (``flags``, or ``--name-with-dashes``), a ``DSERVE_<NAME>`` environment variable and a
+    ``Settings`` attribute, with the declared type and bounds. A field with ``param=True`` is a
+    server default for the algorithm parameter of that name (algorithms that lack it ignore it);
+    a boolean field with ``selects=(engine, algorithm)`` makes that pair the server's default
+    when it is on and no ``--engine`` / ``--algorithm`` is given. The core names no engine's
+    algorithm: an engine's own flags (fastdllm's among them) come through this hook.
     """
 
 
@@ -86,13 +102,19 @@ def launch_server(settings: "Settings") -> int | None:
 
 
 @hookspec
-def server_startup(state: Any) -> None:
+def server_startup(state: "GenerationService") -> None:
     """Called once the server has loaded its model and started its scheduler.
 
-    ``state`` is the :class:`dserve.server.ServerState` (settings, registry, model, scheduler).
+    ``state`` is the server's :class:`dserve.service.GenerationService` (also
+    ``request.app.state.dserve`` in a route): ``settings``, ``registry``, ``model`` (the loaded
+    ``DiffusionModel``), ``model_id``, ``model_spec`` and ``scheduler``.
     """
 
 
 @hookspec
-def server_shutdown(state: Any) -> None:
-    """Called when the server stops, after in-flight requests have drained."""
+def server_shutdown(state: "GenerationService") -> None:
+    """Called when the server stops, after in-flight requests have drained.
+
+    ``state`` is the same :class:`dserve.service.GenerationService` ``server_startup`` got;
+    its model may be absent when loading never finished.
+    """

@@ -7,16 +7,17 @@ request body > server defaults (CLI / DSERVE_* env) > model defaults > algorithm
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-# Fields every OpenAI-style request may carry for diffusion decoding. An algorithm that does not
-# use one of them ignores it, so one request body works across algorithms; any other unknown
-# field is rejected, so typos do not pass silently.
-COMMON_DIFFUSION_FIELDS = frozenset(
-    {"temperature", "steps", "block_length", "remasking", "threshold", "factor", "cfg_scale", "apd_max_parallel", "apd_threshold"}
-)
+from dserve.fields import CORE_FIELDS, declared, param_names
+
+# The declared decoding fields (dserve.fields) every request may carry: an algorithm that does
+# not use one of them ignores it, so one request body works across algorithms; any other
+# unknown field is rejected, so typos do not pass silently. Plugins' server flags join them
+# (the service passes the registry's list).
+CORE_PARAM_NAMES = param_names(CORE_FIELDS)
 
 
 class DecodingParams(BaseModel):
@@ -24,11 +25,9 @@ class DecodingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy")
-    steps: int | None = Field(
-        None, ge=1, le=512, description="denoising steps for the whole generation; default: one token per step"
-    )
-    block_length: int = Field(32, ge=1, le=4096, description="semi-autoregressive block length")
+    temperature: float = declared("temperature").field_info(0.0)
+    steps: int | None = declared("steps").field_info(None)
+    block_length: int = declared("block_length").field_info(32)
 
     def steps_per_block(self, gen_length: int) -> int:
         """Steps each block gets: total steps split over the blocks, at least one."""
@@ -53,11 +52,13 @@ def resolve_params(
     params_cls: type[DecodingParams],
     *layers: Mapping[str, Any] | None,
     algorithm: str = "",
+    shared: Collection[str] = CORE_PARAM_NAMES,
 ) -> DecodingParams:
     """Merge parameter layers (lowest priority first) and validate them for one algorithm.
 
-    `None` values mean "not given" and never override a lower layer. Common diffusion fields
-    the algorithm does not use are dropped; any other unknown field is an error.
+    `None` values mean "not given" and never override a lower layer. `shared` fields (the
+    declared decoding fields) the algorithm does not use are dropped; any other unknown field
+    is an error.
     """
     fields = params_cls.model_fields
     merged: dict[str, Any] = {}
@@ -66,7 +67,7 @@ def resolve_params(
             if value is None:
                 continue
             if key not in fields:
-                if key in COMMON_DIFFUSION_FIELDS:
+                if key in shared:
                     continue
                 known = ", ".join(sorted(fields))
                 raise ParamError(

@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from dserve import hookspecs
+from dserve.fields import DecodingField
 from dserve.registry import EngineSpec, ModelSpec, Registry
 
 ENTRY_POINT_GROUP = "dserve"
@@ -65,6 +66,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         only_this("register_engines", remove_plugins=others)(
             register=lambda spec, _n=name: _add(registry.add_engine, spec, EngineSpec, _n)
         )
+        only_this("register_server_flags", remove_plugins=others)(
+            register=lambda spec, _n=name: _add(registry.add_server_flag, spec, DecodingField, _n)
+        )
     return registry
 
 
@@ -107,6 +111,11 @@ def plugin_summary(pm: pluggy.PluginManager | None = None) -> list[dict]:
                     }
                     for e in registry.engines.values()
                     if registry.owners[("engine", e.name)] == name
+                ],
+                "server_flags": [
+                    {"name": f.name, "flags": list(f.cli_flags), "env": f.env_var}
+                    for f in registry.server_flags.values()
+                    if registry.owners[("server_flag", f.name)] == name
                 ],
             }
         )

@@ -1,7 +1,7 @@
 """OpenAI request bodies (validated) and response shapes (built as dicts, documented here).
 
 Diffusion parameters are top-level body fields, which is where OpenAI clients put
-`extra_body`. The common ones are declared for validation and the API docs; an algorithm's own
+`extra_body`. The common ones come from their declaration in `dserve.fields`; an algorithm's own
 parameters pass through as extra fields and are validated by the algorithm's parameter model.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from dserve.fields import CORE_FIELDS, wire_fields
 
 MAX_N = 16
 MAX_STOP = 8
@@ -39,26 +41,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class DiffusionFields(BaseModel):
-    """Diffusion decoding fields (send them with the OpenAI client's `extra_body`)."""
-
-    steps: int | None = Field(None, ge=1, le=512, description="denoising steps for the whole generation")
-    block_length: int | None = Field(None, ge=1, le=4096, description="semi-autoregressive block length")
-    remasking: Literal["low_confidence", "random"] | None = None
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold (parallel decoding)")
-    factor: float | None = Field(None, gt=0.0, le=64.0, description="factor rule for parallel decoding")
-    cfg_scale: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
-    engine: str | None = Field(None, max_length=64, description="decoding engine, e.g. llada, fastdllm, dinfer")
-    generation_algorithm: str | None = Field(None, max_length=64, description="algorithm of the engine")
+# The decoding fields (engine, generation_algorithm, steps, block_length, ..., temperature,
+# max_tokens) come from their one declaration in dserve.fields, bounds and descriptions included.
+DiffusionFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "DiffusionFields",
+    __doc__="Diffusion decoding fields (send them with the OpenAI client's `extra_body`).",
+    __module__=__name__,
+    **wire_fields(CORE_FIELDS),
+)
 
 
-class _GenerationRequest(DiffusionFields):
+class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     # extra="allow": an algorithm's own parameters arrive as extra fields
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(..., max_length=512)
-    max_tokens: int | None = Field(None, ge=1, le=65536)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="accepted for compatibility; ignored")
     n: int = Field(1, ge=1, le=MAX_N)
     stop: Union[str, list[str], None] = None
@@ -84,17 +81,7 @@ class _GenerationRequest(DiffusionFields):
 
     def algorithm_fields(self) -> dict[str, Any]:
         """The body fields that are decoding parameters (None = not given)."""
-        fields = {
-            "temperature": self.temperature,
-            "steps": self.steps,
-            "block_length": self.block_length,
-            "remasking": self.remasking,
-            "threshold": self.threshold,
-            "factor": self.factor,
-            "cfg_scale": self.cfg_scale,
-        }
-        fields.update(self.model_extra or {})
-        return fields
+        return algorithm_fields(self)
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -126,19 +113,35 @@ class CompletionRequest(_GenerationRequest):
 # ---- async job API (dLLM-Serve compatible) --------------------------------------------------
 
 
-class GenerateRequest(DiffusionFields):
+class GenerateRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(..., min_length=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
     gen_length: int | None = Field(None, ge=1, le=65536, description="tokens to generate (max_tokens)")
-    max_tokens: int | None = Field(None, ge=1, le=65536)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+    def algorithm_fields(self) -> dict[str, Any]:
+        """The body fields that are decoding parameters (None = not given)."""
+        return algorithm_fields(self)
 
 
 class GenerateBatchRequest(GenerateRequest):
     prompt: str | None = None  # type: ignore[assignment]
     prompts: list[str] = Field(..., min_length=1, max_length=256)
+
+    def algorithm_fields(self) -> dict[str, Any]:
+        fields = algorithm_fields(self)
+        fields.pop("prompts", None)
+        return fields
+
+
+def algorithm_fields(body: BaseModel) -> dict[str, Any]:
+    """A body's algorithm parameters: the declared ones, then the algorithm's own (extra
+    fields, validated by its parameter model)."""
+    fields = {f.name: getattr(body, f.name) for f in CORE_FIELDS if f.wire and f.param}
+    fields.update(body.model_extra or {})
+    return fields
 
 
 # ---- responses (documentation of the JSON the server sends) -----------------------------------

@@ -9,6 +9,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from dserve.fields import CORE_FIELDS, DecodingField
+
 
 def import_string(target: str) -> Any:
     """Resolve "package.module:attribute" (the form every registration uses)."""
@@ -82,6 +84,7 @@ class Registry:
 
     models: dict[str, ModelSpec] = field(default_factory=dict)
     engines: dict[str, EngineSpec] = field(default_factory=dict)
+    server_flags: dict[str, DecodingField] = field(default_factory=dict)  # plugins' own decoding fields
     owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
 
     def add_model(self, spec: ModelSpec, plugin: str) -> None:
@@ -99,6 +102,18 @@ class Registry:
             raise ValueError(f"engine {spec.name!r}: default algorithm not among its algorithms")
         self.engines[spec.name] = spec
         self.owners[("engine", spec.name)] = plugin
+
+    def add_server_flag(self, spec: DecodingField, plugin: str) -> None:
+        taken = {f.name for f in self.decoding_fields} | {f.setting_name for f in self.decoding_fields}
+        if {spec.name, spec.setting_name} & taken:
+            raise ValueError(f"server flag {spec.name!r} registered twice (or it is a core field)")
+        self.server_flags[spec.name] = spec
+        self.owners[("server_flag", spec.name)] = plugin
+
+    @property
+    def decoding_fields(self) -> tuple[DecodingField, ...]:
+        """The core's decoding fields, then the plugins' server flags."""
+        return CORE_FIELDS + tuple(self.server_flags.values())
 
     def model_for_architectures(self, architectures: list[str]) -> ModelSpec | None:
         for arch in architectures:

@@ -21,11 +21,11 @@ import structlog
 from dserve.engine import AlgorithmRunner, StepResult
 from dserve.errors import APIError, Overloaded, RequestTimeout, Unavailable
 from dserve.output import OutputTracker
-from dserve.sequence import Sequence
+from dserve.sequence import RequestSpec, Sequence
 
 log = structlog.get_logger("dserve.scheduler")
 
-RunnerKey = tuple[str, str]  # (engine, algorithm)
+RunnerKey = tuple[str, str]  # (engine, algorithm): RequestSpec.runner_key
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,7 @@ class Event:
 class GenerationHandle:
     """One sequence in flight: what the HTTP side awaits and the scheduler updates."""
 
-    seq: Sequence
-    runner_key: RunnerKey
+    seq: Sequence  # carries its RequestSpec: the runner that decodes it
     tracker: OutputTracker
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -50,6 +49,15 @@ class GenerationHandle:
     nfe: int = 0
     cancelled: bool = False
     done: bool = False
+
+    @property
+    def spec(self) -> RequestSpec:
+        assert self.seq.spec is not None, "a queued sequence carries its RequestSpec"
+        return self.seq.spec
+
+    @property
+    def runner_key(self) -> RunnerKey:
+        return self.spec.runner_key
 
     def _emit(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -104,12 +112,11 @@ class SchedulerStats:
 class Scheduler:
     def __init__(
         self,
-        runner_factory: Callable[[RunnerKey], AlgorithmRunner],
+        runner_factory: Callable[[RequestSpec], AlgorithmRunner],  # called once per runner key
         *,
         max_queue_size: int = 256,
         max_wait_time: float = 0.0,
         on_step: Callable[[int, list[int]], None] | None = None,  # (batch size, tokens committed per sequence)
-        on_finish: Callable[[GenerationHandle], None] | None = None,
     ):
         self._runner_factory = runner_factory
         self.runners: dict[RunnerKey, AlgorithmRunner] = {}
@@ -117,7 +124,6 @@ class Scheduler:
         self.max_wait_time = max_wait_time
         self.stats = SchedulerStats()
         self._on_step = on_step
-        self._on_finish = on_finish
         self._waiting: collections.deque[GenerationHandle] = collections.deque()
         self._running: dict[int, GenerationHandle] = {}
         self._cv = threading.Condition()
@@ -199,7 +205,7 @@ class Scheduler:
             if handle.runner_key not in room:
                 runner = self.runners.get(handle.runner_key)
                 room[handle.runner_key] = (
-                    runner.max_batch_size - len(runner.sequences) if runner else self._default_room(handle.runner_key)
+                    runner.max_batch_size - len(runner.sequences) if runner else self._get_runner(handle.spec).max_batch_size
                 )
             if room[handle.runner_key] > 0:
                 room[handle.runner_key] -= 1
@@ -209,19 +215,15 @@ class Scheduler:
         self._waiting = kept
         return taken
 
-    def _default_room(self, key: RunnerKey) -> int:
-        runner = self._get_runner(key)
-        return runner.max_batch_size
-
-    def _get_runner(self, key: RunnerKey) -> AlgorithmRunner:
-        runner = self.runners.get(key)
+    def _get_runner(self, spec: RequestSpec) -> AlgorithmRunner:
+        runner = self.runners.get(spec.runner_key)
         if runner is None:
-            runner = self.runners[key] = self._runner_factory(key)
+            runner = self.runners[spec.runner_key] = self._runner_factory(spec)
         return runner
 
     def _admit(self, handle: GenerationHandle) -> None:
         try:
-            self._get_runner(handle.runner_key).admit(handle.seq)
+            self._get_runner(handle.spec).admit(handle.seq)
         except APIError as exc:
             self._fail(handle, exc)
             return
@@ -338,11 +340,6 @@ class Scheduler:
         self.stats.requests_finished += 1
         if event is not None:
             handle._emit(event)
-        if self._on_finish is not None:
-            try:
-                self._on_finish(handle)
-            except Exception:  # noqa: BLE001
-                log.exception("on_finish callback failed")
 
 
 def _out_of_memory_error() -> APIError:

@@ -1,7 +1,10 @@
 """The Starlette application and the uvicorn server around it.
 
 Start-up loads the model on a background thread so that probes answer at once
-(`/health/ready` turns 200 when the model is loaded). SIGTERM / SIGINT drain: new work gets
+(`/health/ready` turns 200 when the model is loaded). `serve` exits with status 1 and one line
+on stderr when the server cannot serve: the port is taken, or the model, the engine or the
+algorithm cannot load. (An app made by `create_app` alone, as Ray Serve's replicas do, stays up
+and reports a failed load on `/health`.) SIGTERM / SIGINT drain: new work gets
 503, readiness goes 503, in-flight requests get `--shutdown-grace` seconds to finish, then
 uvicorn stops.
 """
@@ -10,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
 import threading
 import time
+from typing import Callable
 
 import structlog
 import uvicorn
@@ -60,7 +66,9 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         if load_model:
-            threading.Thread(target=_load, args=(service, pm), name="dserve-loader", daemon=True).start()
+            threading.Thread(
+                target=_load, args=(service, pm, app.state.on_load_failure), name="dserve-loader", daemon=True
+            ).start()
         try:
             yield
         finally:
@@ -85,13 +93,16 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     app.state.jobs = jobs.JobStore(settings.result_ttl)
     app.state.settings = settings
     app.state.api_routes = api_routes  # /openapi.json documents exactly these
+    app.state.on_load_failure = None  # serve() sets it: a failed startup load stops the server
     return app
 
 
-def _load(service: GenerationService, pm) -> None:
+def _load(service: GenerationService, pm, on_failure: Callable[[], None] | None) -> None:
     try:
         service.load()
-    except Exception:  # noqa: BLE001 - reported through /health; the process stays up for probes
+    except Exception:  # noqa: BLE001 - kept in service.load_error: /health reports it
+        if on_failure is not None:
+            on_failure()
         return
     pm.hook.server_startup(state=service)
 
@@ -149,7 +160,15 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> None:
+EXIT_CANNOT_SERVE = 1
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until it is stopped; the exit status (EXIT_CANNOT_SERVE: startup failed)."""
+    taken = _port_taken(settings.host, settings.port)
+    if taken:
+        print(f"dserve: cannot serve: {taken}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -164,5 +183,35 @@ def serve(settings: Settings) -> None:
         # server closes it gets a ReadError for a request the server never saw.
         timeout_keep_alive=75,
     )
-    server = DrainingServer(config, app.state.dserve, settings.shutdown_grace)
+    service: GenerationService = app.state.dserve
+    server = DrainingServer(config, service, settings.shutdown_grace)
+
+    def stop_on_load_failure() -> None:
+        print(f"dserve: cannot serve: {startup_failure(service, settings)}", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    app.state.on_load_failure = stop_on_load_failure
     asyncio.run(server.serve())
+    return EXIT_CANNOT_SERVE if service.load_error else 0
+
+
+def startup_failure(service: GenerationService, settings: Settings) -> str:
+    """What failed at startup, named: the engine, the algorithm or the model."""
+    error = service.load_error or "unknown error"
+    if isinstance(service.load_exception, APIError):  # the engine / algorithm choice failed
+        names = [f"--{flag} {value}" for flag, value in (("engine", settings.engine), ("algorithm", settings.algorithm)) if value]
+        return f"{' '.join(names) or 'the default engine/algorithm'}: {error}"
+    return f"model {settings.model or '(embedded)'} failed to load: {error}"
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be bound, or None; checked before the model loads."""
+    if port == 0:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"port {port} on {host} is not available: {exc.strerror or exc}"
+    return None

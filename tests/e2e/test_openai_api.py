@@ -181,6 +181,9 @@ def test_generation_algorithms_lists_parameters(server):
     assert ref["engine"] == "llada" and ref["available"] and ref["default"]
     assert ref["parameters"]["remasking"]["default"] == "low_confidence"
     assert ref["parameters"]["steps"]["maximum"] == 512
+    fields = {f["name"]: f for f in body["fields"]}  # the declared fields, with flag, variable, default
+    assert fields["steps"]["maximum"] == 512 and fields["steps"]["flags"] == ["--steps", "--diffusion-steps"]
+    assert fields["max_tokens"]["server_default"] == 128 and fields["apd_threshold"]["env"] == "DSERVE_APD_THRESHOLD"
 
 
 def test_openapi_documents_the_routes_and_docs_page(server):

@@ -74,6 +74,33 @@ def test_register_commands_hook(plugin_path):
     assert _dserve(plugin_path, "example-hello", "--name", "tests").stdout.strip() == "hello from the example plugin, tests"
 
 
+def test_register_server_flags_hook(plugin_path):
+    """The plugin's flag is a serve option with its help, an environment variable checked
+    against its declared bounds, and the default of its algorithm's parameter on a real server."""
+    help_text = _dserve(plugin_path, "--help").stdout
+    assert "--tokens-per-step" in help_text and "DSERVE_TOKENS_PER_STEP" in help_text
+    listed = {row["name"]: row for row in json.loads(_dserve(plugin_path, "plugins", "--json").stdout)}
+    assert listed["example"]["server_flags"] == [{"name": "tokens_per_step", "flags": ["--tokens-per-step"], "env": "DSERVE_TOKENS_PER_STEP"}]
+    refused = subprocess.run([sys.executable, "-m", "dserve", "--port", "0"], env=_env(plugin_path, DSERVE_TOKENS_PER_STEP="0"),
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "tokens_per_step" in refused.stderr, refused.stderr
+
+    srv = ServerProcess(*MODEL_ARGS, "--tokens-per-step", "4", env={"PYTHONPATH": _env(plugin_path)["PYTHONPATH"]})
+    try:
+        client = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        model_id = client.models.list().data[0].id
+        messages = [{"role": "user", "content": "Reverse the word: planet"}]
+        body = {"engine": "example", "block_length": 16}
+        by_default = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body=body)
+        one = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body={**body, "tokens_per_step": 1})
+        assert by_default.usage.model_extra["nfe"] <= 4 < one.usage.model_extra["nfe"]  # 16 slots, 4 per step
+        # another engine's algorithm does not get the example's default (it has no such parameter)
+        other = client.chat.completions.create(model=model_id, messages=messages, max_tokens=8, extra_body={"engine": "llada"})
+        assert other.choices[0].finish_reason in ("stop", "length")
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="module")
 def plugin_server(plugin_path, tmp_path_factory):
     marker = tmp_path_factory.mktemp("marker") / "events.txt"
@@ -86,7 +113,7 @@ def _greedy_left_to_right(prompt_ids, gen_length, per_step):
     """The algorithm computed independently of the plugin, with the same model."""
     import torch
 
-    from dserve.service import default_model_dir
+    from dserve.loader import default_model_dir
     from dserve.plugins import get_registry
     from dserve_llada.model import load_llada
 

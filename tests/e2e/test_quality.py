@@ -45,14 +45,15 @@ def test_dserve_eval_command_reports_table_and_json(server, tmp_path):
 
 
 def test_dserve_eval_stops_at_once_when_the_model_failed_to_load(tmp_path):
-    """A server whose model cannot load stays up for its probes and says why on /health;
-    `dserve eval` reports that error and exits instead of waiting out --ready-timeout."""
-    from e2e.server import ServerProcess
+    """A server whose model cannot load and that stays up for its probes (an app a host such as
+    Ray Serve runs; `dserve serve` itself exits) says why on /health; `dserve eval` reports
+    that error and exits instead of waiting out --ready-timeout."""
+    from e2e.server import free_port
 
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"architectures": ["NoSuchModel"]}))
-    server = ServerProcess("--model", str(broken), wait_for="/health/live")
+    server = _AppOnlyServer(broken, free_port())
     try:
         deadline = time.monotonic() + 60
         while (health := httpx.get(server.url + "/health").json())["status"] == "loading" and time.monotonic() < deadline:
@@ -68,3 +69,28 @@ def test_dserve_eval_stops_at_once_when_the_model_failed_to_load(tmp_path):
         assert time.monotonic() - started < 60  # not the 120 s --ready-timeout
     finally:
         server.stop()
+
+
+class _AppOnlyServer:
+    """uvicorn around `dserve.server.create_app` (no `serve`: a failed load keeps it up)."""
+
+    def __init__(self, model, port: int):
+        code = (
+            "import sys, uvicorn; from dserve.server import create_app; from dserve.settings import Settings; "
+            "uvicorn.run(create_app(Settings(model=sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]), log_config=None)"
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(model), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health/live", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the app-only server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)

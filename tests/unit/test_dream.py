@@ -275,8 +275,8 @@ def test_served_with_the_dream_engine_by_default():
         assert listed[("dream", "origin")] and listed[("fastdllm", "dual_cache")]
 
         async def ask():
-            _, handles = service.submit(
-                [257, 117, 115, 101, 114], fields={"steps": 8}, engine=None, algorithm=None, max_tokens=8, n=1,
+            handles = service.submit(
+                [257, 117, 115, 101, 114], service.resolve(None, None, {"steps": 8}), max_tokens=8, n=1,
                 seed=None, stop=[], loop=asyncio.get_running_loop(),
             )
             return await collect_text(handles[0])

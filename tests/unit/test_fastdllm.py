@@ -163,6 +163,7 @@ def test_threshold_keeps_the_best_and_all_at_or_above():
     assert _count([0.2, 0.5, -inf, 0.1], threshold=0.9) == [1]
     assert _count([0.9, 0.5, 0.95, 0.1], threshold=0.9) == [0, 2]
     assert _count([0.3, -inf, 0.3], threshold=0.3) == [0, 2]
+    assert _count([0.2, 0.5, -inf, 0.1], threshold=0.0) == [0, 1, 3]  # 0: every masked position
 
 
 def test_factor_rule_and_its_last_rank_quirk():
@@ -184,7 +185,9 @@ def test_params_defaults_and_validation():
     p = resolve_params(FastDLLMParams, {})
     assert (p.threshold, p.factor, p.remasking, p.rule, p.block_length) == (None, None, "low_confidence", "fixed", 32)
     assert resolve_params(FastDLLMParams, {"threshold": 0.9, "factor": 1.0}).rule == "factor"
-    for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"factor": 0}):
+    # threshold's bounds are the declared field's (dserve.fields): 0 is allowed, as on the wire
+    assert resolve_params(FastDLLMParams, {"threshold": 0.0}).rule == "threshold"
+    for bad in ({"threshold": -0.1}, {"threshold": 1.5}, {"factor": 0}):
         with pytest.raises(ParamError) as err:
             resolve_params(FastDLLMParams, bad)
         assert err.value.param == next(iter(bad))

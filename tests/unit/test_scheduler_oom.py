@@ -10,7 +10,8 @@ import torch
 
 from dserve.output import OutputTracker
 from dserve.scheduler import GenerationHandle, Scheduler
-from dserve.sequence import Sequence
+from dserve.registry import AlgorithmSpec, EngineSpec
+from dserve.sequence import RequestSpec, Sequence
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.runner import BasicRunner, DualCacheRunner
 from dserve_llada.model import load_llada
@@ -45,13 +46,20 @@ def _prompts(model, n):
     return [tok(c, add_special_tokens=False)["input_ids"] for c in chats]
 
 
+def _spec(key, params):
+    """A resolved request of engine/algorithm `key` (the runners come from the tests' factories)."""
+    algorithm = AlgorithmSpec(key[1], runner="unused:Runner", params="unused:Params")
+    return RequestSpec(EngineSpec(key[0], (algorithm,), default_algorithm=key[1]), algorithm, params)
+
+
 async def _run(scheduler, model, prompts, key=("fastdllm", "x")):
     loop = asyncio.get_running_loop()
     handles = []
     for ids in prompts:
-        seq = Sequence(ids, 32, FastDLLMParams(block_length=16, threshold=0.9))
+        params = FastDLLMParams(block_length=16, threshold=0.9)
+        seq = Sequence(ids, 32, params, spec=_spec(key, params))
         tracker = OutputTracker(model.tokenizer, seq.gen_length, 32, model.info.stop_ids)
-        handles.append(GenerationHandle(seq, key, tracker, loop))
+        handles.append(GenerationHandle(seq, tracker, loop))
     scheduler.submit(handles)
     outcomes = []
     for h in handles:
@@ -69,7 +77,7 @@ async def _run(scheduler, model, prompts, key=("fastdllm", "x")):
 @pytest.mark.parametrize("runner_cls", [BasicRunner, DualCacheRunner])
 def test_out_of_memory_sheds_newest_and_keeps_serving(model, runner_cls):
     prompts = _prompts(model, 6)
-    alone = Scheduler(lambda key: runner_cls(model, max_batch_size=8))
+    alone = Scheduler(lambda spec: runner_cls(model, max_batch_size=8))
     alone.start()
     try:
         expected = [asyncio.run(_run(alone, model, [p]))[0] for p in prompts]
@@ -77,7 +85,7 @@ def test_out_of_memory_sheds_newest_and_keeps_serving(model, runner_cls):
         alone.stop()
 
     capped = RowCappedModel(model, max_rows=2)
-    scheduler = Scheduler(lambda key: runner_cls(capped, max_batch_size=8))
+    scheduler = Scheduler(lambda spec: runner_cls(capped, max_batch_size=8))
     scheduler.start()
     try:
         outcomes = asyncio.run(_run(scheduler, model, prompts))
@@ -116,7 +124,7 @@ def test_out_of_memory_frees_idle_runners_caches_before_failing_anyone(model):
     prompts = _prompts(model, 3)
     idle = DualCacheRunner(model, max_batch_size=8)
     runners = {("fastdllm", "idle"): idle, ("fastdllm", "busy"): DualCacheRunner(FitsWithoutTheIdleCache(model, idle), max_batch_size=8)}
-    scheduler = Scheduler(lambda key: runners[key])
+    scheduler = Scheduler(lambda spec: runners[spec.runner_key])
     scheduler.start()
     try:
         expected = asyncio.run(_run(scheduler, model, prompts, key=("fastdllm", "idle")))

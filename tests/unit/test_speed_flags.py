@@ -7,7 +7,8 @@ import torch
 from dserve.params import resolve_params
 from dserve.plugins import get_registry
 from dserve.sequence import Sequence
-from dserve.service import GenerationService, apply_speed_settings
+from dserve.loader import apply_speed_settings
+from dserve.service import GenerationService
 from dserve.settings import Settings
 from dserve_fastdllm.params import APDParams
 from dserve_fastdllm.rules import leftmost_confident_run

@@ -67,17 +67,8 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
     tok = service.model.tokenizer
     loop = asyncio.get_running_loop()
     store = _store(request)
-    fields = {
-        "temperature": body.temperature,
-        "steps": body.steps,
-        "block_length": body.block_length,
-        "remasking": body.remasking,
-        "threshold": body.threshold,
-        "factor": body.factor,
-        "cfg_scale": body.cfg_scale,
-        **(body.model_extra or {}),
-    }
-    fields.pop("prompts", None)
+    # engine, algorithm and parameters resolved once for all the prompts
+    spec = service.resolve(body.engine, body.generation_algorithm, body.algorithm_fields())
     if len(prompts) > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
         raise BadRequest(
             f"{len(prompts)} prompts; this server queues at most {service.scheduler.max_queue_size} (--max-queue-size)",
@@ -92,11 +83,9 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
                 if getattr(tok, "chat_template", None)
                 else completion_prompt_ids(tok, prompt)
             )
-            _, (handle,) = service.submit(
+            (handle,) = service.submit(
                 ids,
-                fields=fields,
-                engine=body.engine,
-                algorithm=body.generation_algorithm,
+                spec,
                 max_tokens=body.max_tokens or body.gen_length,
                 n=1,
                 seed=body.seed,

@@ -88,14 +88,12 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
             code="too_many_generations",
         )
     handles: list[GenerationHandle] = []
-    choice = None
+    spec = service.resolve(body.engine, body.generation_algorithm, body.algorithm_fields())  # once per request
     try:
         for prompt_ids in prompts:
-            choice, hs = service.submit(
+            hs = service.submit(
                 prompt_ids,
-                fields=body.algorithm_fields(),
-                engine=body.engine,
-                algorithm=body.generation_algorithm,
+                spec,
                 max_tokens=max_tokens,
                 n=body.n,
                 seed=body.seed,
@@ -116,8 +114,8 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
     seq = handles[0].seq
     set_log_fields(
         request,
-        engine=choice.engine.name,
-        algorithm=choice.algorithm.name,
+        engine=spec.engine.name,
+        algorithm=spec.algorithm.name,
         steps=getattr(seq.params, "steps", None) or seq.gen_length,  # the resolved budget; nfe = what it took
         prompt_tokens=sum(len(p) for p in prompts),
         n=len(handles),

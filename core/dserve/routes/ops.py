@@ -96,4 +96,4 @@ def _gpu_memory() -> int | None:
 
 async def generation_algorithms(request: Request) -> Response:
     s = _service(request)
-    return JSONResponse({"model": s.model_id or None, "algorithms": s.algorithms_for_model()})
+    return JSONResponse({"model": s.model_id or None, "algorithms": s.algorithms_for_model(), "fields": s.decoding_fields()})

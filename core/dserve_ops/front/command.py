@@ -51,7 +51,7 @@ def _serve_actions() -> dict[str, argparse.Action]:
     actions: dict[str, argparse.Action] = {}
     for a in parser._actions:
         if a.option_strings:
-            actions.setdefault(a.dest, a)  # the first flag of a dest (--enable-apd, not its --disable-apd alias)
+            actions.setdefault(a.dest, a)  # the first flag of a dest, not a negative alias (--disable-x)
     return actions
 
 

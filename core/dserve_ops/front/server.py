@@ -11,6 +11,7 @@ workers and exits at once.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import structlog
@@ -69,5 +70,14 @@ def run_front(settings: Settings) -> int:
     )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
     server = FrontServer(config, app.state.front)
+    failed = False
+
+    def all_workers_failed() -> None:
+        nonlocal failed
+        failed = True
+        print("dserve: cannot serve: every worker failed at startup (see their output)", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    pool.on_all_failed = all_workers_failed
     asyncio.run(server.serve())
-    return 0
+    return 1 if failed else 0

@@ -21,7 +21,10 @@ Health checks: every second, `GET /health` on each worker (readiness: 200 or 503
 uses). Batch statistics (`/v1/engine/stats`) are fetched only when someone asks the front
 for them (`/stats`, `/worker-status`, ...), at most every 0.5 s.
 
-Restart policy: a worker whose process exited (while the front is not shutting down) is
+Restart policy: a worker that exits with status 1 before it was ever ready cannot serve (its
+model, engine or algorithm failed to load; `dserve serve` said why on its output): it is not
+restarted, and when every worker has failed that way the front exits with status 1 too.
+Any other worker whose process exited (while the front is not shutting down) is
 started again after a backoff of 1 s, doubling per consecutive failure up to 30 s; the
 backoff resets once a worker has been healthy for 60 s. A worker that was healthy and then
 failed every health check for `HUNG_AFTER_S` seconds while its process is alive is killed
@@ -40,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import structlog
@@ -57,6 +60,7 @@ HUNG_AFTER_S = 60.0
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
+EXIT_CANNOT_SERVE = 1  # dserve.server.EXIT_CANNOT_SERVE: a worker's startup failed
 
 
 def free_port() -> int:
@@ -80,7 +84,9 @@ class Worker:
     failed: int = 0  # proxied requests that failed on the connection
     queue_depth: int = 0  # from its last /health: requests waiting for a batch slot
     running: int = 0  # ... and sequences in its running batches
-    load_error: str | None = None  # its model failed to load (it stays up; not restarted)
+    load_error: str | None = None  # its model failed to load (not restarted)
+    ever_ready: bool = False  # it answered ready at least once (since the front started)
+    gave_up: bool = False  # it exited at startup: it cannot serve, and is not restarted
     stats: dict[str, Any] = field(default_factory=dict)  # its last /v1/engine/stats
     stats_at: float = 0.0
     started_at: float = 0.0
@@ -125,6 +131,7 @@ class WorkerPool:
         self.started = time.monotonic()
         self._client = httpx.AsyncClient(timeout=CHECK_TIMEOUT_S)
         self._monitor: asyncio.Task | None = None
+        self.on_all_failed: Callable[[], None] | None = None  # every worker failed at startup
         self._starter: asyncio.Task | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -243,6 +250,11 @@ class WorkerPool:
             if self.shutting_down:
                 w.status = "stopped"
                 return
+            if w.gave_up:
+                return
+            if not w.ever_ready and w.proc.returncode == EXIT_CANNOT_SERVE:
+                self._give_up(w)
+                return
             if w.restart_at is None:
                 w.last_exit_code = w.proc.returncode
                 w.status = "unhealthy"
@@ -267,6 +279,7 @@ class WorkerPool:
         if ready:
             w.check_failures = 0
             w.last_ok = now
+            w.ever_ready = True
             if w.status != "healthy":
                 log.info("worker healthy", worker=w.index, port=w.port, pid=w.pid, after_s=round(now - w.started_at, 1))
                 w.status = "healthy"
@@ -296,6 +309,15 @@ class WorkerPool:
             w.last_ok = 0.0
             with contextlib.suppress(ProcessLookupError):
                 w.proc.kill()
+
+    def _give_up(self, w: Worker) -> None:
+        w.gave_up = True
+        w.last_exit_code = w.proc.returncode
+        w.status = "unhealthy"
+        w.load_error = w.load_error or f"exited with status {w.last_exit_code} before it was ready: it cannot serve (see its output)"
+        log.error("worker cannot serve: not restarting it", worker=w.index, exit_code=w.last_exit_code)
+        if all(x.gave_up for x in self.workers) and self.on_all_failed is not None:
+            self.on_all_failed()
 
     # ---- views -------------------------------------------------------------------------
 

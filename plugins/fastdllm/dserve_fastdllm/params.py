@@ -16,7 +16,23 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from dserve.fields import DecodingField, declared
 from dserve.params import DecodingParams
+
+# apd's parameters are also server flags (--apd-max-parallel, DSERVE_APD_THRESHOLD, ...): one
+# declaration for both, registered by plugin.py through the register_server_flags hook.
+APD_MAX_PARALLEL = DecodingField(
+    "apd_max_parallel", int, "apd: most tokens committed per step (default 8)", bounds={"ge": 1, "le": 1024}, wire=False
+)
+APD_THRESHOLD = DecodingField(
+    "apd_threshold", float, "apd: a masked position is committed (left to right) while its confidence is >= this "
+    "(default 0.3)", bounds={"gt": 0.0, "le": 1.0}, wire=False,
+)
+ENABLE_APD = DecodingField(
+    "enable_apd", bool, "default to fastdllm/apd, confidence-adaptive parallel decoding (vdiff's flag; "
+    "--disable-apd / --no-enable-apd: off)",
+    server_default=False, wire=False, param=False, negative_flags=("--disable-apd",), selects=("fastdllm", "apd"),
+)
 
 
 class FastDLLMParams(DecodingParams):
@@ -34,17 +50,14 @@ class FastDLLMParams(DecodingParams):
     token, so a block takes at most block_length steps.
     """
 
-    threshold: float | None = Field(
+    threshold: float | None = declared("threshold").field_info(
         None,
-        gt=0.0,
-        le=1.0,
         description="confidence-aware parallel decoding: commit every masked position of the block "
         "with confidence >= threshold (at least one per step); null = fixed split over `steps` "
         "(the published default; Fast-dLLM's evaluations use 0.9)",
     )
-    factor: float | None = Field(
+    factor: float | None = declared("factor").field_info(
         None,
-        gt=0.0,
         description="factor-based parallel decoding: commit the top-n positions whose confidences "
         "clear 1 - factor/(rank+2); wins over threshold; null = off",
     )
@@ -84,10 +97,8 @@ class APDParams(FastDLLMParams):
     published APD (danielmisrael/apd) needs a second, autoregressive model to accept drafts.
     """
 
-    apd_max_parallel: int = Field(8, ge=1, le=1024, description="most tokens committed per step")
-    apd_threshold: float = Field(
-        0.3, gt=0.0, le=1.0, description="a masked position is committed (left to right) while its confidence is >= this"
-    )
+    apd_max_parallel: int = APD_MAX_PARALLEL.field_info(8)
+    apd_threshold: float = APD_THRESHOLD.field_info(0.3)
 
     @model_validator(mode="after")
     def _own_rule_only(self) -> "APDParams":

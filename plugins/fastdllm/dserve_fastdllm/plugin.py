@@ -9,6 +9,15 @@ _PARAMS = "dserve_fastdllm.params:FastDLLMParams"
 
 
 @hookimpl
+def register_server_flags(register):
+    # torch-free: params.py imports pydantic only
+    from dserve_fastdllm.params import APD_MAX_PARALLEL, APD_THRESHOLD, ENABLE_APD
+
+    for flag in (ENABLE_APD, APD_MAX_PARALLEL, APD_THRESHOLD):
+        register(flag)
+
+
+@hookimpl
 def register_engines(register):
     register(
         EngineSpec(

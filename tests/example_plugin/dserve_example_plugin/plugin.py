@@ -34,6 +34,13 @@ def register_engines(register):
     )
 
 
+@hookimpl
+def register_server_flags(register):
+    from dserve_example_plugin.params import TOKENS_PER_STEP
+
+    register(TOKENS_PER_STEP)
+
+
 async def _ping(request):
     return JSONResponse({"plugin": "example", "model": request.app.state.dserve.model_id})
 
