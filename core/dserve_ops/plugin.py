@@ -8,9 +8,12 @@ front only when `--gpus` / `--gpu-ids` ask for it.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from dserve.hookspecs import hookimpl
-from dserve.settings import Settings
+
+if TYPE_CHECKING:  # dserve.settings builds Settings from the loaded plugins: importing it here would be a loop
+    from dserve.settings import Settings
 
 
 @hookimpl
