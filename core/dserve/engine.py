@@ -4,6 +4,14 @@ An algorithm is a step-wise runner over a batch of sequences. The scheduler admi
 calls `step()` to run one denoising step for all of them, reads back what each committed, and
 releases sequences that finished or were cancelled. The runner owns its device state (canvases,
 caches, schedules); the scheduler owns when steps run and which sequences are in the batch.
+
+A step is plan, forward, commit: the runner describes what each sequence forwards as
+`dserve.batch.Row`s (tokens, positions, attention pattern, cache row, wanted logits), calls
+`self.forward(rows)` (the core's one batched forward, `dserve.batch.forward`), and commits
+tokens from the per-row logits. A runner that keeps K/V derives from `CachedRunner`, which owns
+the `CachePool`, hands each sequence a cache row (`take_cache_row`) and frees it on release and
+when the scheduler asks for idle memory back; the runner's per-sequence state only needs a
+`cache_row` attribute.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dserve.batch import Row, RowBatch, forward
 from dserve.modeling import DiffusionModel
+from dserve.modeling.cache_pool import CachePool
 from dserve.sequence import Sequence
 
 
@@ -71,11 +81,43 @@ class AlgorithmRunner(ABC):
     def release_idle_memory(self) -> bool:
         """With no sequence running, free device memory kept for the next ones (a KV cache and
         the CUDA graphs bound to it); True if anything was freed. The scheduler calls it when
-        another runner's step runs out of memory. Runners with a `CachePool` in `self.pool` get
-        this for free."""
-        pool = getattr(self, "pool", None)
-        return not self.sequences and pool is not None and pool.drop_idle()
+        another runner's step runs out of memory."""
+        return False
+
+    def forward(self, rows: list[Row], *, graphable: bool = True) -> list[torch.Tensor]:
+        """The core's batched forward over `rows`: per row, the logits of its wanted offsets.
+        graphable=False: a one-off shape (a prefill), run eagerly under a CUDA-graph wrapper."""
+        return forward(self.model, RowBatch(rows, graphable), None)
 
     @abstractmethod
     def step(self) -> list[StepResult]:
         """One denoising step for every admitted sequence; one result per sequence."""
+
+
+class CachedRunner(AlgorithmRunner):
+    """A runner whose sequences keep K/V: one `CachePool` row per sequence (state attribute
+    `cache_row`, None for a sequence that uses no cache), freed on release; the pool's tensors
+    outlive the batch (the next request reuses them and the CUDA graphs bound to them) until the
+    scheduler asks for idle memory back."""
+
+    def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
+        super().__init__(model, max_batch_size=max_batch_size)
+        self.pool = CachePool(model, max_batch_size)
+
+    def take_cache_row(self, positions: int) -> int:
+        """A cache row for a sequence that will use `positions` slots, reserved at admission so
+        the cache (and the CUDA graphs captured over it) does not change while it runs."""
+        return self.pool.take(positions)
+
+    def free_state(self, seq: Sequence) -> None:
+        st = seq.engine_state
+        row = getattr(st, "cache_row", None)
+        if row is not None:
+            self.pool.give(row)
+            st.cache_row = None
+
+    def release_idle_memory(self) -> bool:
+        return not self.sequences and self.pool.drop_idle()
+
+    def forward(self, rows: list[Row], *, graphable: bool = True) -> list[torch.Tensor]:
+        return forward(self.model, RowBatch(rows, graphable), self.pool)

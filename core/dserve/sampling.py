@@ -29,3 +29,40 @@ def split_steps(n: int, steps: int) -> list[int]:
     """`n` tokens over `steps` steps, remainder first: 32 over 5 -> [7, 7, 6, 6, 6]."""
     base, rem = divmod(n, steps)
     return [base + 1 if i < rem else base for i in range(steps)]
+
+
+def rank_by_confidence(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidences [..., w] sorted descending and their positions; equal confidences lowest
+    position first (a stable sort, where the published `topk` leaves the order to the platform)."""
+    return torch.sort(conf, dim=-1, descending=True, stable=True)
+
+
+def top1_and_threshold_count(values: torch.Tensor, n: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The published threshold rule (Fast-dLLM's `get_transfer_index` with a threshold, Nemotron
+    block diffusion): how many of the best-ranked positions to commit [B], given sorted
+    confidences `values` [B, w] of which the first `n` [B] are in scope: the most confident one
+    unconditionally (when any is in scope), then every other in scope with confidence >=
+    `threshold` [B] (compared in the confidences' dtype). Runs on the device without a host sync."""
+    ranks = torch.arange(values.shape[-1], device=values.device)
+    above = (values >= threshold[:, None].to(values.dtype)) & (ranks[None, :] < n[:, None]) & (ranks[None, :] >= 1)
+    return torch.where(n == 0, 0, 1 + above.sum(-1))
+
+
+def keep_best(order: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Which positions to commit [B, w] (bool): the `k` [B] best of the ranking `order` [B, w]
+    (as `rank_by_confidence` returns it)."""
+    ranks = torch.arange(order.shape[-1], device=order.device)
+    keep = ranks[None, :] < k[:, None]
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def top_confident(conf: torch.Tensor, *, threshold: float | None, quota: int) -> torch.Tensor:
+    """One row's commit under the threshold rule, or without a threshold its `quota` most
+    confident positions: conf [w] with -inf outside the scope; returns [w] bool."""
+    values, order = rank_by_confidence(conf[None])
+    n = (values > -float("inf")).sum(-1)
+    if threshold is None:
+        k = torch.clamp(n, max=quota)
+    else:
+        k = top1_and_threshold_count(values, n, torch.full((1,), threshold, dtype=torch.float64, device=conf.device))
+    return keep_best(order, k)[0]

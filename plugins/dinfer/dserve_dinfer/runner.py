@@ -33,10 +33,11 @@ before attending and every refresh rewrites the whole row, so what is read is th
 Batching: sequences of any prompt length, block length, cache mode and parameters share a step.
 A step makes at most three forwards: full canvases without cache (no-cache sequences and warmup
 iterations), full canvases writing the cache (refreshes), and cached windows (the suffix, block
-or vicinity window of every cached sequence, after the refreshes have been decoded). Ragged rows
-are right-padded, each row has its own positions and key mask over its cache row; pads write to a
-scratch slot nobody attends to. Logits are computed only at each row's block (`logits_index`),
-except for soft, whose embedding update needs the whole forwarded range. Everything else (iteration counter, unroll count, credit matrix,
+or vicinity window of every cached sequence, after the refreshes have been decoded). Each row is a
+`dserve.batch.Row` (the forwarded range, attending to the whole canvas, over the sequence's cache
+row when it writes one, logits only at the block, except for soft, whose embedding update needs
+the whole forwarded range); the core's forward pads and masks them (pads write past the canvas
+end, into slots nobody attends to). Everything else (iteration counter, unroll count, credit matrix,
 soft embeddings, generator) is per sequence, so a sequence's output never depends on its
 batch-mates. The published code counts unrolls over the whole batch and shares `iter_no`
 between rows; that is the one intended deviation (see README).
@@ -49,11 +50,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dserve.engine import AlgorithmRunner, StepResult
-from dserve.modeling import DiffusionModel
+from dserve.batch import Row
+from dserve.engine import CachedRunner, StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve.modeling.cache_pool import CachePool
 from dserve_dinfer.params import CreditParams, DInferParams, HierarchyParams, SoftParams
 from dserve_dinfer.rules import (
     CreditState,
@@ -103,17 +103,13 @@ class _Plan:
     window: tuple[int, int] | None = None  # cached forward of canvas[a:b]
 
 
-class DInferRunner(AlgorithmRunner):
+class DInferRunner(CachedRunner):
     """`dinfer_blockwise`: ThresholdParallelDecoder."""
 
     soft = False
     # each forward's logits are decoded before the next forward, and nothing keeps them
     graphable = True
     record_forwards = False  # tests: keep a per-sequence trace of forwards
-
-    def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
-        super().__init__(model, max_batch_size=max_batch_size)
-        self.pool = CachePool(model, max_batch_size)
 
     # ---- admission / release ----------------------------------------------------------------
 
@@ -131,7 +127,7 @@ class DInferRunner(AlgorithmRunner):
         blocks = [(s, min(s + p.block_length, L)) for s in range(first, L, p.block_length)]
         st = _State(canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos)
         if p.cache != "none":
-            st.cache_row = self.pool.take(len(canvas))
+            st.cache_row = self.take_cache_row(len(canvas))
         if self.record_forwards:
             st.forwards = []
         self._init_extra(seq, st)
@@ -140,12 +136,6 @@ class DInferRunner(AlgorithmRunner):
 
     def _init_extra(self, seq: Sequence, st: _State) -> None:
         """Per-algorithm state (credit matrix, soft embeddings)."""
-
-    def free_state(self, seq: Sequence) -> None:
-        st: _State | None = seq.engine_state
-        if st is not None and st.cache_row is not None:
-            self.pool.give(st.cache_row)
-            st.cache_row = None
 
     # ---- one step ---------------------------------------------------------------------------
 
@@ -309,69 +299,24 @@ class DInferRunner(AlgorithmRunner):
     def _forward(
         self, seqs: list[Sequence], spans: list[tuple[int, int]], *, cached: bool, write: bool
     ) -> list[tuple[int, torch.Tensor]]:
-        """One forward over canvas[a:b] of each sequence (right-padded); per sequence (c, logits)
-        with logits for canvas positions [c, c + len) (the block, or the whole span for soft).
+        """One forward over canvas[a:b] of each sequence; per sequence (c, logits) with logits for
+        canvas positions [c, c + len) (the block, or the whole span for soft).
 
-        write=False: full canvases with no cache (a key mask only if ragged). write=True: each row
-        writes its inputs' K/V into its cache row and attends over the row's canvas slots
-        (cached=False: the inputs are the full canvas, i.e. a refresh)."""
-        model = self.model
-        device = model.device
-        n = len(seqs)
-        widths = [b - a for a, b in spans]
-        T = max(widths)
-        inputs = [self._inputs(seq, a, b) for seq, (a, b) in zip(seqs, spans)]
-        if self.soft:
-            x = inputs[0].new_zeros((n, T, inputs[0].shape[-1]))
-            for i, row in enumerate(inputs):
-                x[i, : row.shape[0]] = row
-            ids, args = None, {"inputs_embeds": x}
-        else:
-            ids = torch.full((n, T), model.info.mask_id, dtype=torch.long, device=device)
-            for i, row in enumerate(inputs):
-                ids[i, : row.shape[0]] = row
-            args = {}
+        write=False: full canvases with no cache. write=True: each row writes its inputs' K/V into
+        its cache row and attends over the row's canvas slots (cached=False: the inputs are the
+        full canvas, i.e. a refresh)."""
+        rows, wanted = [], []
         for seq, (a, b) in zip(seqs, spans):
-            st = seq.engine_state
+            st: _State = seq.engine_state
             st.nfe += 1
             if st.forwards is not None:
                 st.forwards.append([b - a, [a, b] if cached else None, write])
-
-        # logits only where the rule looks (the LM head over the whole input is costly)
-        wanted = [self._logits_span(seq, a, b) for seq, (a, b) in zip(seqs, spans)]
-        index = None
-        if any(d - c != w for (c, d), w in zip(wanted, widths)):
-            m = max(d - c for c, d in wanted)
-            index = torch.tensor(
-                [[min(c - a + j, d - a - 1) for j in range(m)] for (c, d), (a, _) in zip(wanted, spans)], device=device
-            )
-            args["logits_index"] = index
-
-        if not write:
-            positions = torch.arange(T, device=device).expand(n, T)
-            mask = None
-            if any(w != T for w in widths):
-                mask = positions < torch.tensor(widths, device=device)[:, None]
-            logits = model(ids, positions, attention_mask=mask, kv_cache=None, **args)
-        else:
-            # + 1: the scratch slot past every canvas that padded inputs write to
-            cache = self.pool.reserve(max(seq.engine_state.length for seq in seqs) + 1)
-            positions = torch.full((n, T), cache.capacity - 1, dtype=torch.long)  # pads: the scratch slot
-            for i, (a, b) in enumerate(spans):
-                positions[i, : b - a] = torch.arange(a, b)
-            positions = positions.to(device)
-            lengths = torch.tensor([seq.engine_state.length for seq in seqs], device=device)
-            keys = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
-            rows = [seq.engine_state.cache_row for seq in seqs]
-            consecutive = rows == list(range(rows[0], rows[0] + n))
-            use = slice(rows[0], rows[0] + n) if consecutive else torch.tensor(rows, device=device)
-            try:
-                logits = model(ids, positions, attention_mask=keys, kv_cache=cache.use_rows(use), **args)
-            finally:
-                cache.use_rows(None)
-        if index is None:
-            return [(a, logits[i, : b - a]) for i, (a, b) in enumerate(spans)]
-        return [(c, logits[i, : d - c]) for i, (c, d) in enumerate(wanted)]
+            # logits only where the rule looks (the LM head over the whole input is costly)
+            c, d = self._logits_span(seq, a, b)
+            wanted.append(c)
+            rows.append(Row(self._inputs(seq, a, b), start=a, keys=st.length,
+                            cache_row=st.cache_row if write else None, logits=(c - a, d - a)))
+        return list(zip(wanted, self.forward(rows)))
 
 
 class HierarchyRunner(DInferRunner):

@@ -17,8 +17,8 @@ no mask, and at temperature 0 a step that will commit nothing (n = 0, or no orig
 skips the forward (NFE 0): neither changes any token. Confidence selection runs over the whole
 canvas row with -inf outside the masks, as published, so equal confidences resolve the same way.
 
-Batching: canvases of any length share one forward, right-padded, pads hidden from attention;
-everything after the forward is per row, so outputs do not depend on batch-mates.
+Batching: canvases of any length share one forward (the core's `dserve.batch.forward`:
+right-padded, pads hidden from attention); everything after the forward is per row, so outputs do not depend on batch-mates.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
@@ -111,23 +112,8 @@ class DreamRunner(AlgorithmRunner):
 
     def _forward(self, seqs: list[Sequence]) -> dict[int, torch.Tensor]:
         """Aligned logits [gen_length, V] of each sequence's generation region, keyed by seq_id."""
-        device = self.model.device
-        canvases = [s.engine_state.canvas for s in seqs]
-        T = max(len(c) for c in canvases)
-        n = max(s.gen_length for s in seqs)
-        index = torch.tensor(
-            [[min(s.prompt_len + j, len(c) - 1) for j in range(n)] for s, c in zip(seqs, canvases)], device=device
-        )
-        if all(len(c) == T for c in canvases):
-            logits = self.model(torch.stack(canvases), logits_index=index)
-        else:
-            ids = torch.full((len(seqs), T), self.model.info.mask_id, dtype=torch.long, device=device)
-            keys = torch.zeros((len(seqs), T), dtype=torch.bool, device=device)
-            for r, c in enumerate(canvases):
-                ids[r, : len(c)] = c
-                keys[r, : len(c)] = True
-            logits = self.model(ids, attention_mask=keys, logits_index=index)
-        return {s.seq_id: logits[r, : s.gen_length] for r, s in enumerate(seqs)}
+        rows = [Row(s.engine_state.canvas, logits=(s.prompt_len, len(s.engine_state.canvas))) for s in seqs]
+        return {s.seq_id: logits for s, logits in zip(seqs, self.forward(rows))}
 
     # ---- commits -----------------------------------------------------------------------------
 

@@ -6,14 +6,15 @@ Everything here works on each sequence's current block: `logits` [B, n, V] for t
 positions, `conf` [B, n] with -inf outside each row's scope (the positions of its block that are
 still masked). The published code scores the whole canvas row with -inf outside the block;
 restricting to the block picks the same positions (up to the order of exactly equal float64
-confidences). `predict` and `transfer_mask` are the same rules for one row.
+confidences). `transfer_mask` is the same rule for one row. The threshold rule itself (top-1,
+then everything above the threshold) is shared with Nemotron and lives in `dserve.sampling`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dserve.sampling import gumbel_argmax
+from dserve.sampling import gumbel_argmax, keep_best, rank_by_confidence, top1_and_threshold_count
 
 
 def predict_rows(
@@ -52,15 +53,6 @@ def predict_rows(
     return x0, conf
 
 
-def predict(
-    logits: torch.Tensor, *, temperature: float, remasking: str, mask_id: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`predict_rows` for one block's logits [n, V]: x0, conf [n]."""
-    x0, conf = predict_rows(logits[None], temperatures=[temperature], remasking=remasking, mask_id=mask_id,
-                            generators=[generator])
-    return x0[0], conf[0]
-
-
 def transfer_masks(
     conf: torch.Tensor,
     n: torch.Tensor,
@@ -82,13 +74,12 @@ def transfer_masks(
       as published), commits all n.
 
     Runs on the device without a host sync."""
-    values, order = torch.sort(conf, dim=-1, descending=True, stable=True)
+    values, order = rank_by_confidence(conf)
     width = conf.shape[-1]
     ranks = torch.arange(width, device=conf.device)
     in_scope = ranks[None, :] < n[:, None]
     k_quota = torch.minimum(quota, n)
-    above = (values >= threshold[:, None].to(values.dtype)) & in_scope & (ranks[None, :] >= 1)
-    k_threshold = torch.where(n == 0, 0, 1 + above.sum(-1))
+    k_threshold = top1_and_threshold_count(values, n, threshold)
     bars = 1.0 - factor[:, None].to(torch.float64) / (ranks[None, :].to(torch.float64) + 2.0)
     bars[:, 0] = -1.0
     fails = (values < bars) | ~in_scope
@@ -96,8 +87,7 @@ def transfer_masks(
     first = fails.to(torch.int8).argmax(-1)  # lowest failing rank; n when none fails
     k_factor = torch.where(first >= n - 1, n, first.clamp(min=1))
     k = torch.where(~factor.isnan(), k_factor, torch.where(~threshold.isnan(), k_threshold, k_quota))
-    keep = ranks[None, :] < k[:, None]
-    return torch.zeros_like(keep).scatter(-1, order, keep)
+    return keep_best(order, k)
 
 
 def transfer_mask(

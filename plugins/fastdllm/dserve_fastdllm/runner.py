@@ -12,12 +12,11 @@ is. What a step forwards:
 - `dual_cache`: block start as above; later steps forward only the block `canvas[s:e]`, over
   the prefix and suffix K/V as computed at block start (the block's own slots are rewritten).
 
-Batching: sequences of any prompt length, block, block length and rule share a step. Without a
-cache the canvases are right-padded into one forward with a key mask. With a cache a step makes
-at most two forwards: one for the sequences at a block start (full canvases) and one for the
-rest (their suffix or block); each row uses its own cache row, ragged inputs are right-padded,
-and the key mask admits only the row's canvas slots. Pad inputs get positions past their row's
-canvas end, so the K/V they write land in slots nobody attends to. Each sequence takes part in
+Batching: sequences of any prompt length, block, block length and rule share a step. Each row
+is a `dserve.batch.Row` (the forwarded range, attending to the whole canvas, logits at the
+block) and the core's forward pads and masks them. With a cache a step makes at most two
+forwards: one for the sequences at a block start (full canvases) and one for the rest (their
+suffix or block), each row over its own cache row. Each sequence takes part in
 exactly one forward per step (NFE 1 per step, as the published code counts it), and everything
 after the forward is per row, so a sequence's output does not depend on its batch-mates.
 """
@@ -29,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dserve.engine import AlgorithmRunner, StepResult
-from dserve.modeling import KVCache
+from dserve.batch import Row, to_device
+from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
 from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
-from dserve.modeling.cache_pool import CachePool
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.params import APDParams
 from dserve_fastdllm.rules import leftmost_confident_run, predict_rows, transfer_masks
@@ -89,46 +87,22 @@ class BasicRunner(AlgorithmRunner):
 
     # ---- forwards ----------------------------------------------------------------------------
 
-    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], torch.Tensor]]:
-        """(sequences, logits [B, n, V] of their current blocks) for each forward of the step."""
-        return [(seqs, self._forward(seqs, [(0, len(s.engine_state.canvas)) for s in seqs], cache=None))]
+    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], list[torch.Tensor]]]:
+        """(sequences, logits [block length, V] of each one's current block) for each forward of
+        the step."""
+        return [(seqs, self.forward([self._row(s, 0, len(s.engine_state.canvas)) for s in seqs]))]
 
-    def _forward(self, seqs: list[Sequence], spans: list[tuple[int, int]], cache: KVCache | None) -> torch.Tensor:
-        """One forward over canvas[a:b] of each sequence (right-padded); returns the logits of
-        each row's current block [B, n, V] (n = the widest block; a narrower block's extra
-        positions repeat its last one).
-
-        With `cache`, the inputs' K/V are written into each sequence's cache row and queries
-        attend over the row's slots [0, canvas length)."""
-        device = self.model.device
-        widths = [b - a for a, b in spans]
-        T = max(widths)
-        ids = torch.full((len(seqs), T), self.model.info.mask_id, dtype=torch.long, device=device)
-        for r, (seq, (a, b)) in enumerate(zip(seqs, spans)):
-            ids[r, : b - a] = seq.engine_state.canvas[a:b]
-        lengths = [len(s.engine_state.canvas) for s in seqs]
-        # pads sit past the canvas end: never attended, and their cache writes land there
-        positions = [list(range(a, b)) + list(range(n, n + T - (b - a))) for (a, b), n in zip(spans, lengths)]
-        # logits only at each row's current block (the LM head over the whole input is costly)
-        blocks = [seq.engine_state.block_range for seq in seqs]
-        n = max(e - s for s, e in blocks)
-        index = [[min(s - a + j, e - a - 1) for j in range(n)] for (s, e), (a, _) in zip(blocks, spans)]
-        positions, index, lengths = _upload(device, positions, index, lengths)
-        if cache is None:
-            ragged = any(w != T for w in widths)
-            key_mask = positions < lengths[:, None] if ragged else None
-            return self.model(ids, positions, attention_mask=key_mask, logits_index=index)
-        rows = [s.engine_state.cache_row for s in seqs]
-        consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
-        use = slice(rows[0], rows[0] + len(rows)) if consecutive else _upload(device, rows)[0]
-        key_mask = torch.arange(cache.capacity, device=device)[None, :] < lengths[:, None]
-        logits = self.model(ids, positions, attention_mask=key_mask, kv_cache=cache.use_rows(use), logits_index=index)
-        cache.use_rows(None)
-        return logits
+    @staticmethod
+    def _row(seq: Sequence, a: int, b: int) -> Row:
+        """canvas[a:b] forwarded over the sequence's cache row (if it has one), attending to the
+        whole canvas; logits at the current block."""
+        st: _State = seq.engine_state
+        s, e = st.block_range
+        return Row(st.canvas[a:b], start=a, keys=len(st.canvas), cache_row=st.cache_row, logits=(s - a, e - a))
 
     # ---- commits -----------------------------------------------------------------------------
 
-    def _commit(self, groups: list[tuple[list[Sequence], torch.Tensor]]) -> list[StepResult]:
+    def _commit(self, groups: list[tuple[list[Sequence], list[torch.Tensor]]]) -> list[StepResult]:
         mask_id = self.model.info.mask_id
         order, picks = [], []
         for seqs, logits in groups:
@@ -172,14 +146,13 @@ class BasicRunner(AlgorithmRunner):
             return st.masks_left
         return st.quota[st.step_in_block] if st.step_in_block < len(st.quota) else 1
 
-    def _pick_rows(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick_rows(self, seqs: list[Sequence], logits: list[torch.Tensor], mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's commit at once (rows share block length and remasking): transfer, x0 [B, n]."""
         states = [s.engine_state for s in seqs]
-        width = states[0].block_length
         blocks = torch.stack([st.canvas[slice(*st.block_range)] for st in states])
         masked = blocks == mask_id
         x0, conf = predict_rows(
-            logits[:, :width],
+            torch.stack(logits),
             temperatures=[s.params.temperature for s in seqs],
             remasking=seqs[0].params.remasking,
             mask_id=mask_id,
@@ -200,14 +173,15 @@ class BasicRunner(AlgorithmRunner):
              nan if s.params.threshold is None else s.params.threshold, nan if s.params.factor is None else s.params.factor]
             for s in seqs
         ]
-        n, quota, threshold, factor = _to_device(torch.tensor(per_row, dtype=torch.float64), conf.device).T
+        n, quota, threshold, factor = to_device(torch.tensor(per_row, dtype=torch.float64), conf.device).T
         return transfer_masks(conf, n.long(), quota=quota.long(), threshold=threshold, factor=factor)
 
-    def _pick_each(self, seqs: list[Sequence], logits: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick_each(self, seqs: list[Sequence], logits: list[torch.Tensor], mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row by row (block lengths or remasking modes differ): transfer, x0 [B, widest]."""
-        n = logits.shape[1]
-        transfers = torch.zeros(len(seqs), n, dtype=torch.bool, device=logits.device)
-        x0s = torch.zeros(len(seqs), n, dtype=torch.long, device=logits.device)
+        n = max(row.shape[0] for row in logits)
+        device = logits[0].device
+        transfers = torch.zeros(len(seqs), n, dtype=torch.bool, device=device)
+        x0s = torch.zeros(len(seqs), n, dtype=torch.long, device=device)
         for r, seq in enumerate(seqs):
             transfer, x0 = self._pick_rows([seq], logits[r : r + 1], mask_id)
             width = transfer.shape[1]
@@ -215,57 +189,27 @@ class BasicRunner(AlgorithmRunner):
         return transfers, x0s
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on the device through pinned memory: the copy does not wait for the GPU to
-    drain (a pageable host-to-device copy would)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-def _upload(device: torch.device, *rows: list) -> tuple[torch.Tensor, ...]:
-    """Host lists of ints to device tensors."""
-    return tuple(_to_device(torch.tensor(r, dtype=torch.long), device) for r in rows)
-
-
-class _CachedRunner(BasicRunner):
+class _CachedRunner(BasicRunner, CachedRunner):
     """Shared by the cached loops: full-canvas forward with cache writes at a block start,
-    cached forwards of `_cached_span` otherwise."""
-
-    def __init__(self, model, *, max_batch_size: int = 16):
-        super().__init__(model, max_batch_size=max_batch_size)
-        self.pool = CachePool(model, max_batch_size)
+    cached forwards of `_cached_span` otherwise (the core's CachedRunner owns the cache rows)."""
 
     def init_state(self, seq: Sequence) -> _State:
         st = super().init_state(seq)
-        st.cache_row = self.pool.take(len(st.canvas))
+        st.cache_row = self.take_cache_row(len(st.canvas))
         return st
-
-    def free_state(self, seq: Sequence) -> None:
-        st: _State | None = seq.engine_state
-        if st is not None and st.cache_row is not None:
-            self.pool.give(st.cache_row)
-            st.cache_row = None
 
     @abstractmethod
     def _cached_span(self, st: _State) -> tuple[int, int]:
         """The canvas range a cached step forwards."""
 
-    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], torch.Tensor]]:
+    def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], list[torch.Tensor]]]:
         by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
         fresh = [s for s in by_row if s.engine_state.step_in_block == 0]
         warm = [s for s in by_row if s.engine_state.step_in_block > 0]
         out = []
-        for group, spans in (
-            (fresh, [(0, len(s.engine_state.canvas)) for s in fresh]),
-            (warm, [self._cached_span(s.engine_state) for s in warm]),
-        ):
-            if not group:
-                continue
-            T = max(b - a for a, b in spans)
-            # every row's canvas plus its pads' slots must fit
-            need = max(len(s.engine_state.canvas) + T - (b - a) for s, (a, b) in zip(group, spans))
-            out.append((group, self._forward(group, spans, cache=self.pool.reserve(need))))
+        for group, span in ((fresh, lambda st: (0, len(st.canvas))), (warm, self._cached_span)):
+            if group:
+                out.append((group, self.forward([self._row(s, *span(s.engine_state)) for s in group])))
         return out
 
 
@@ -289,5 +233,5 @@ class APDRunner(DualCacheRunner):
     def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params: list[APDParams] = [s.params for s in seqs]
         rows = torch.tensor([[p.apd_threshold, p.apd_max_parallel] for p in params], dtype=torch.float64)
-        threshold, max_parallel = _to_device(rows, conf.device).T
+        threshold, max_parallel = to_device(rows, conf.device).T
         return leftmost_confident_run(conf, masked, threshold, max_parallel.long())

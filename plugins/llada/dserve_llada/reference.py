@@ -5,8 +5,8 @@ gets `steps_per_block` steps and commits a fixed number of tokens per step (the 
 split evenly, remainder first). Every step runs the model over the whole canvas with no cache,
 picks x0 = argmax of the (Gumbel-noised at T > 0) logits and commits the `k` masked positions of
 the current block with the highest confidence (softmax probability of x0, or uniform noise for
-`random` remasking). Sequences of different lengths and parameters share one forward:
-canvases are right-padded and pads are hidden from attention.
+`random` remasking). Sequences of different lengths and parameters share one forward
+(the core's `dserve.batch.forward`: canvases right-padded, pads hidden from attention).
 
 Two deliberate differences from the published code, neither changing what it computes: logits
 are computed only for each sequence's current block (the published loop computes the whole
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
 from dserve.sampling import gumbel_argmax, make_generator, split_steps
 from dserve.sequence import Sequence
@@ -54,45 +55,27 @@ class ReferenceRunner(AlgorithmRunner):
         seqs = list(self.sequences)
         if not seqs:
             return []
-        mask_id = self.model.info.mask_id
-        rows, spans, cond_row, uncond_row = [], [], {}, {}
-        for seq in seqs:
-            st: _State = seq.engine_state
-            span = st.block_span(seq)
-            cond_row[seq.seq_id] = len(rows)
-            rows.append(st.canvas)
-            spans.append(span)
-            if seq.params.cfg_scale > 0:
-                un = st.canvas.clone()
-                un[: seq.prompt_len] = mask_id  # the unconditional copy: the prompt masked out
-                uncond_row[seq.seq_id] = len(rows)
-                rows.append(un)
-                spans.append(span)
-        logits = self._forward(rows, spans)
+        logits = iter(self.forward([row for seq in seqs for row in self._rows(seq)]))
         results = []
         for seq in seqs:
-            l = logits[cond_row[seq.seq_id]]
-            if seq.seq_id in uncond_row:
-                un = logits[uncond_row[seq.seq_id]]
+            l = next(logits)
+            if seq.params.cfg_scale > 0:
+                un = next(logits)
                 l = un + (seq.params.cfg_scale + 1) * (l - un)
             results.append(self._commit(seq, l))
         return results
 
-    def _forward(self, rows: list[torch.Tensor], spans: list[tuple[int, int]]) -> torch.Tensor:
-        """Logits [R, n, V] at each row's block positions (n = the longest block)."""
-        device = rows[0].device
-        n = max(e - s for s, e in spans)
-        index = torch.tensor([[min(s + i, e - 1) for i in range(n)] for s, e in spans], device=device)
-        lengths = [len(r) for r in rows]
-        longest = max(lengths)
-        if all(length == longest for length in lengths):
-            return self.model(torch.stack(rows), logits_index=index)
-        ids = torch.full((len(rows), longest), self.model.info.mask_id, dtype=torch.long, device=device)
-        valid = torch.zeros((len(rows), longest), dtype=torch.bool, device=device)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = row
-            valid[r, : len(row)] = True
-        return self.model(ids, attention_mask=valid, logits_index=index)
+    def _rows(self, seq: Sequence) -> list[Row]:
+        """The whole canvas, logits at the current block; with classifier-free guidance also
+        the unconditional copy (the prompt masked out)."""
+        st: _State = seq.engine_state
+        start, end = st.block_span(seq)
+        rows = [Row(st.canvas, logits=(start, end))]
+        if seq.params.cfg_scale > 0:
+            un = st.canvas.clone()
+            un[: seq.prompt_len] = self.model.info.mask_id
+            rows.append(Row(un, logits=(start, end)))
+        return rows
 
     def _commit(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         st: _State = seq.engine_state

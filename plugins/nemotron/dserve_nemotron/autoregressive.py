@@ -16,8 +16,8 @@ import torch
 from dserve.engine import StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve_nemotron.cached_forward import RowInput
-from dserve_nemotron.runner_base import CachedRunner, sample
+from dserve.batch import Row
+from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
 
 
 @dataclass
@@ -29,17 +29,17 @@ class _State:
     last: torch.Tensor | None = None  # [1]: the newest token, not yet in the cache
 
 
-class AutoregressiveRunner(CachedRunner):
+class AutoregressiveRunner(NemotronRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
         return _State(prompt, make_generator(seq.seed, device), self.take_cache_row(seq.prompt_len + seq.gen_length))
 
-    def _row(self, seq: Sequence) -> RowInput:
+    def _row(self, seq: Sequence) -> Row:
         st: _State = seq.engine_state
         if st.generated == 0:
-            return RowInput(st.prompt, 0, True, st.cache_row, all_logits=False)
-        return RowInput(st.last, seq.prompt_len + st.generated - 1, True, st.cache_row, all_logits=False)
+            return over_cache(st.prompt, 0, causal=True, cache_row=st.cache_row, all_logits=False)
+        return over_cache(st.last, seq.prompt_len + st.generated - 1, causal=True, cache_row=st.cache_row, all_logits=False)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
@@ -47,8 +47,9 @@ class AutoregressiveRunner(CachedRunner):
         logits: dict[int, torch.Tensor] = {}
         fresh = [s for s in seqs if s.engine_state.generated == 0]
         running = [s for s in seqs if s.engine_state.generated]
-        for group, graphed in ((fresh, False), (running, True)):
-            logits.update({s.seq_id: l for s, l in zip(group, self.forward([self._row(s) for s in group], graphed=graphed))})
+        for group, graphable in ((fresh, False), (running, True)):
+            rows = [self._row(s) for s in group]
+            logits.update({s.seq_id: l[-1] for s, l in zip(group, self.forward(rows, graphable=graphable))})
         results = []
         for seq in seqs:
             st: _State = seq.engine_state

@@ -31,10 +31,10 @@ import torch
 from dserve.engine import StepResult
 from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
-from dserve_nemotron.cached_forward import RowInput
+from dserve.batch import Row
 from dserve_nemotron.params import BlockDiffusionParams
 from dserve_nemotron.rules import unmask_step
-from dserve_nemotron.runner_base import CachedRunner, sample
+from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
 
 PREFILL, DENOISE, ENCODE = "prefill", "denoise", "encode"
 
@@ -60,7 +60,7 @@ class _State:
         return start, start + self.block_length
 
 
-class BlockDiffusionRunner(CachedRunner):
+class BlockDiffusionRunner(NemotronRunner):
     def init_state(self, seq: Sequence) -> _State:
         p: BlockDiffusionParams = seq.params
         device = self.model.device
@@ -77,23 +77,23 @@ class BlockDiffusionRunner(CachedRunner):
             cache_row=self.take_cache_row(len(canvas)),
         )
 
-    def _row(self, st: _State) -> RowInput:
+    def _row(self, st: _State) -> Row:
         if st.phase == PREFILL:
-            return RowInput(st.canvas[: st.prompt_len], 0, st.causal, st.cache_row, all_logits=False)
+            return over_cache(st.canvas[: st.prompt_len], 0, causal=st.causal, cache_row=st.cache_row, all_logits=False)
         s, e = st.block_range
         if st.phase == DENOISE:
-            return RowInput(st.canvas[s:e], s, False, st.cache_row, all_logits=True)
-        return RowInput(st.canvas[s:e], s, st.causal, st.cache_row, all_logits=False)
+            return over_cache(st.canvas[s:e], s, causal=False, cache_row=st.cache_row, all_logits=True)
+        return over_cache(st.canvas[s:e], s, causal=st.causal, cache_row=st.cache_row, all_logits=False)
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
         seqs = list(self.sequences)
         logits: dict[int, torch.Tensor] = {}
-        for group, graphed in (
+        for group, graphable in (
             ([s for s in seqs if s.engine_state.phase == PREFILL], False),
             ([s for s in seqs if s.engine_state.phase != PREFILL], True),
         ):
-            out = self.forward([self._row(s.engine_state) for s in group], graphed=graphed)
+            out = self.forward([self._row(s.engine_state) for s in group], graphable=graphable)
             logits.update({s.seq_id: l for s, l in zip(group, out)})
         results = []
         for seq in seqs:
@@ -101,7 +101,7 @@ class BlockDiffusionRunner(CachedRunner):
             if phase == DENOISE:
                 results.append(self._denoise(seq, logits[seq.seq_id]))
             else:
-                results.append(self._next_block(seq, logits[seq.seq_id]))
+                results.append(self._next_block(seq, logits[seq.seq_id][-1]))
         return results
 
     def _next_block(self, seq: Sequence, last_logits: torch.Tensor) -> StepResult:

@@ -23,9 +23,9 @@ import torch
 from dserve.engine import StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve_nemotron.cached_forward import RowInput
+from dserve.batch import Row
 from dserve_nemotron.params import LinearSpecParams
-from dserve_nemotron.runner_base import CachedRunner, sample
+from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
 
 
 @dataclass
@@ -40,7 +40,7 @@ class _State:
         return prompt_len + self.generated - 1
 
 
-class LinearSpecRunner(CachedRunner):
+class LinearSpecRunner(NemotronRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
@@ -55,11 +55,12 @@ class LinearSpecRunner(CachedRunner):
         rounds = [s for s in seqs if s.engine_state.generated > 0]
         results = {}
         prefill = self.forward(
-            [RowInput(s.engine_state.prompt, 0, True, s.engine_state.cache_row, False) for s in fresh],
-            graphed=False,
+            [over_cache(s.engine_state.prompt, 0, causal=True, cache_row=s.engine_state.cache_row, all_logits=False)
+             for s in fresh],
+            graphable=False,
         )
         for seq, logits in zip(fresh, prefill):
-            results[seq.seq_id] = self._emit(seq, [int(sample(logits, seq.params.temperature, seq.engine_state.generator))], nfe=1)
+            results[seq.seq_id] = self._emit(seq, [int(sample(logits[-1], seq.params.temperature, seq.engine_state.generator))], nfe=1)
         if rounds:
             blocks = [self._draft_block(s) for s in rounds]
             drafts = self.forward([self._block_row(s, b, causal=False) for s, b in zip(rounds, blocks)])
@@ -75,9 +76,9 @@ class LinearSpecRunner(CachedRunner):
         block[0] = seq.engine_state.seed
         return block
 
-    def _block_row(self, seq: Sequence, block: torch.Tensor, *, causal: bool) -> RowInput:
+    def _block_row(self, seq: Sequence, block: torch.Tensor, *, causal: bool) -> Row:
         st: _State = seq.engine_state
-        return RowInput(block, st.cache_len(seq.prompt_len), causal, st.cache_row, all_logits=True)
+        return over_cache(block, st.cache_len(seq.prompt_len), causal=causal, cache_row=st.cache_row, all_logits=True)
 
     def _fill(self, seq: Sequence, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         p: LinearSpecParams = seq.params

@@ -5,7 +5,7 @@ Module attributes mirror the checkpoint (`encoder.layers.{i}.self_attn.q_proj.we
 `diffusion_head.weight`), so weights load by name with no mapping table and no remote code.
 
 One set of weights serves every decoding mode; only the attention pattern changes, and the
-caller chooses it per query with `attention_mask` [B, T, Lk] (the engine's masks.py builds
+caller chooses it per query with `attention_mask` [B, T, Lk] (the core's dserve.batch.forward builds
 causal, bidirectional and block-causal masks). Without a mask every query sees every key
 (bidirectional). Logits come from `diffusion_head` in every mode: under a bidirectional pattern
 position i's logits predict token i itself (no shift, LLaDA-style); under a causal pattern they

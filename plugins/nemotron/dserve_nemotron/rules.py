@@ -6,14 +6,15 @@ logits at x0, in the logits' dtype (bf16 on a GPU, as published: not upcast). Sc
 block's masked positions. With a threshold: the most confident position in scope plus every
 other one with confidence >= threshold. Without: the `quota` most confident ones. Equal
 confidences are taken lowest position first (a stable sort), where the published `topk` leaves
-the order to the platform.
+the order to the platform. The rule itself is `dserve.sampling.top_confident`, shared with
+Fast-dLLM.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dserve.sampling import gumbel_argmax
+from dserve.sampling import gumbel_argmax, top_confident
 
 
 def unmask_step(
@@ -31,11 +32,4 @@ def unmask_step(
     x0 = gumbel_argmax(logits, temperature, generator)
     conf = torch.softmax(logits, dim=-1).gather(-1, x0[:, None]).squeeze(-1)
     conf = torch.where(masked, conf, torch.tensor(-float("inf"), dtype=conf.dtype, device=conf.device))
-    values, order = torch.sort(conf, descending=True, stable=True)
-    rank = torch.arange(len(conf), device=conf.device)
-    if threshold is None:
-        keep = rank < quota
-    else:
-        keep = (rank == 0) | (values >= threshold)
-    keep &= values > -float("inf")  # only masked positions
-    return x0, torch.zeros_like(keep).scatter(0, order, keep)
+    return x0, top_confident(conf, threshold=threshold, quota=quota)

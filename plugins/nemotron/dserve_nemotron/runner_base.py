@@ -1,43 +1,35 @@
-"""What the Nemotron runners share: one KV-cache row per sequence (exact, causal or block-causal
-K/V of everything final), the batched forward over those rows, and token sampling."""
+"""What the Nemotron runners share beyond the core's `CachedRunner` (one KV-cache row per
+sequence, exact causal or block-causal K/V of everything final, and the core's batched forward
+over those rows): stop tokens, token sampling and the rows they forward."""
 
 from __future__ import annotations
 
 import torch
 
-from dserve.engine import AlgorithmRunner
-from dserve.modeling.cache_pool import CachePool
+from dserve.batch import Row
+from dserve.engine import CachedRunner
 from dserve.sampling import gumbel_argmax
 from dserve.sequence import Sequence
-from dserve_nemotron.cached_forward import RowInput, forward_over_cache
 
 
-class CachedRunner(AlgorithmRunner):
+class NemotronRunner(CachedRunner):
     # the block, token and draft forwards repeat their shapes step after step: CUDA graphs on a
-    # GPU; prefills pass graphed=False (one shape per prompt length, run once)
+    # GPU; prefills pass graphable=False (one shape per prompt length, run once)
     graphable = True
 
     def __init__(self, model, *, max_batch_size: int = 16):
         super().__init__(model, max_batch_size=max_batch_size)
-        self.pool = CachePool(model, max_batch_size)
         self.stop_ids = frozenset(model.info.stop_ids)
-
-    def take_cache_row(self, positions: int) -> int:
-        """A cache row reserved for `positions` slots at the sequence's first forward, so the
-        cache (and the CUDA graphs captured over it) does not change while the sequence runs."""
-        return self.pool.take(positions)
-
-    def free_state(self, seq: Sequence) -> None:
-        st = seq.engine_state
-        if st is not None and st.cache_row is not None:
-            self.pool.give(st.cache_row)
-            st.cache_row = None
-
-    def forward(self, rows: list[RowInput], *, graphed: bool = True) -> list[torch.Tensor]:
-        return forward_over_cache(self.model, self.pool, rows, graphed=graphed) if rows else []
 
     def is_stop(self, seq: Sequence, token: int) -> bool:
         return not seq.ignore_eos and token in self.stop_ids
+
+
+def over_cache(tokens: torch.Tensor, start: int, *, causal: bool, cache_row: int, all_logits: bool) -> Row:
+    """`tokens` at positions start.. over the cache row's valid prefix [0, start): causal, or
+    bidirectional inside the input; logits at every input position or only the last one."""
+    n = tokens.shape[0]
+    return Row(tokens, start=start, causal=causal, cache_row=cache_row, logits=None if all_logits else (n - 1, n))
 
 
 def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

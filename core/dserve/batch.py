@@ -1,0 +1,193 @@
+"""The batch every engine forwards, and the one forward over it.
+
+An engine plans a step as rows: each `Row` is some tokens at consecutive positions, the keys
+they may attend to, the KV-cache row they read and write (if any) and the input offsets whose
+logits the engine will read. `forward(model, batch, pool)` turns the rows into one model call
+(ids, positions and masks built on the device, ragged rows right-padded, cache rows selected as
+a view when they are consecutive) and hands back each row's logits.
+
+Attention patterns, per row:
+- bidirectional (the default): every query sees the keys at positions [0, keys); `keys`
+  defaults to the input's end, so a full canvas sees itself, a block over a cache sees the
+  cached prefix plus the block, and a cached suffix/block sees the whole canvas with
+  `keys=len(canvas)` (Fast-dLLM's and dInfer's prefix and dual caches).
+- causal: each query sees the keys up to its own position (autoregressive decoding, a
+  causal prefill, a verify pass).
+Without a cache the keys are the inputs themselves; with one they are the cache row's slots,
+and the inputs' K/V are written at their positions first.
+
+Padding: a row shorter than the longest gets pad inputs whose positions continue past the
+row's reach (its input end, or its key limit if that is further), so the K/V a pad writes land
+in slots no real query of the row attends to. Pads see the row's keys (finite values, never a
+NaN). The mask is left out when nobody needs one (equal-length uncached rows that see all their
+inputs), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
+gathered (`logits_index`) only when some row wants fewer than all its inputs. These choices
+depend on host-side lengths only: building the batch adds no host synchronisation, and a step
+that repeats its shapes repeats the model call's shapes (what CUDA graphs need).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dserve.modeling import DiffusionModel
+from dserve.modeling.cache_pool import CachePool
+from dserve.modeling.cuda_graphs import eager_model
+
+
+@dataclass
+class Row:
+    """One sequence's part of a forward."""
+
+    tokens: torch.Tensor  # [n] token ids, or [n, d] input embeddings (soft tokens), on the model's device
+    start: int = 0  # position of tokens[0]; the input covers [start, start + n)
+    causal: bool = False  # each query sees keys up to its own position (else every key below `keys`)
+    keys: int | None = None  # bidirectional: keys at positions [0, keys); None = up to the input's end
+    cache_row: int | None = None  # the pool's cache row this row reads and writes (None: no cache)
+    logits: tuple[int, int] | None = None  # input offsets [a, b) whose logits are wanted; None = all
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.width
+
+    @property
+    def key_limit(self) -> int:
+        """Bidirectional queries see positions below this; causal ones their own and earlier."""
+        return self.end if self.keys is None or self.causal else self.keys
+
+    @property
+    def reach(self) -> int:
+        """The first position past everything the row holds: its pads go here and after."""
+        return max(self.end, self.key_limit)
+
+    @property
+    def wanted(self) -> tuple[int, int]:
+        return (0, self.width) if self.logits is None else self.logits
+
+
+@dataclass
+class RowBatch:
+    """The rows of one model call: all cached (each with its own cache row) or none."""
+
+    rows: list[Row]
+    # False: a one-off shape (a prompt's prefill) that runs eagerly even under a CUDA-graph
+    # wrapper; capturing it would cost a capture per prompt length and save nothing
+    graphable: bool = True
+
+
+def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = None) -> list[torch.Tensor]:
+    """Per row, the logits [b - a, V] of its wanted input offsets [a, b), in the rows' order.
+
+    Cached rows need `pool`: its cache is grown to hold every row's reach and pads
+    (`CachePool.reserve`), and rows are forwarded in cache-row order (consecutive rows are a
+    view of the cache, not a copy). The logits may live in a CUDA graph's output buffer: read
+    them before the next forward."""
+    rows = batch.rows
+    if not rows:
+        return []
+    cached = rows[0].cache_row is not None
+    if any((r.cache_row is not None) != cached for r in rows):
+        raise ValueError("a RowBatch's rows are either all cached or none")
+    if cached and pool is None:
+        raise ValueError("cached rows need the runner's CachePool")
+    order = sorted(range(len(rows)), key=lambda i: rows[i].cache_row) if cached else list(range(len(rows)))
+    ordered = [rows[i] for i in order]
+    device = model.device
+    B = len(ordered)
+    widths = [r.width for r in ordered]
+    T = max(widths)
+    ragged = any(w != T for w in widths)
+    any_causal = any(r.causal for r in ordered)
+    wanted = [r.wanted for r in ordered]
+    subset = any(w != (0, r.width) for w, r in zip(wanted, ordered))
+    n_out = max(b - a for a, b in wanted)
+
+    per_row = _upload(
+        device,
+        [r.start for r in ordered], widths, [r.reach for r in ordered], [r.key_limit for r in ordered],
+        [int(r.causal) for r in ordered], [a for a, _ in wanted], [b for _, b in wanted],
+    )
+    starts, lengths, reach, key_limit, causal, want_a, want_b = per_row
+    column = torch.arange(T, device=device)
+    inside = column[None, :] < lengths[:, None]
+    positions = torch.where(inside, starts[:, None] + column[None, :], reach[:, None] + column[None, :] - lengths[:, None])
+
+    kwargs: dict = {}
+    if ordered[0].tokens.dim() == 2:  # input embeddings
+        embeds = ordered[0].tokens.new_zeros((B, T, ordered[0].tokens.shape[-1]))
+        for i, r in enumerate(ordered):
+            embeds[i, : r.width] = r.tokens
+        ids, kwargs["inputs_embeds"] = None, embeds
+    elif not ragged:
+        ids = torch.stack([r.tokens for r in ordered])
+    else:
+        ids = torch.full((B, T), model.info.mask_id, dtype=torch.long, device=device)
+        for i, r in enumerate(ordered):
+            ids[i, : r.width] = r.tokens
+
+    index = None
+    if subset:
+        index = torch.minimum(want_a[:, None] + torch.arange(n_out, device=device)[None, :], want_b[:, None] - 1)
+
+    cache = None
+    if cached:
+        cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
+        key_positions = torch.arange(cache.capacity, device=device)
+        mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal)
+        cache_rows = [r.cache_row for r in ordered]
+        consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + B))
+        use = slice(cache_rows[0], cache_rows[0] + B) if consecutive else _upload(device, cache_rows)[0]
+        cache.use_rows(use)
+    elif ragged or any_causal or any(r.key_limit < r.end for r in ordered):
+        mask = _mask(positions, positions, key_limit, causal, inside, any_causal)
+    else:
+        mask = None  # every row sees all of its own inputs
+
+    call = model if batch.graphable else eager_model(model)
+    try:
+        logits = call(ids, positions, attention_mask=mask, kv_cache=cache, logits_index=index, **kwargs)
+    finally:
+        if cache is not None:
+            cache.use_rows(None)
+
+    out: list[torch.Tensor] = [logits] * len(rows)  # placeholders, all replaced below
+    for i, r, (a, b) in zip(order, range(B), wanted):
+        out[i] = logits[r, : b - a]
+    return out
+
+
+def _mask(
+    key_positions: torch.Tensor,
+    positions: torch.Tensor,
+    key_limit: torch.Tensor,
+    causal: torch.Tensor,
+    inside: torch.Tensor,
+    per_query: bool,
+) -> torch.Tensor:
+    """Boolean attention mask, True = attend. key_positions: [B or 1, Lk]. A key mask [B, Lk]
+    when no row is causal, else per query [B, T, Lk] (causal queries and causal rows' pads see
+    keys up to their own position)."""
+    if not per_query:
+        return key_positions < key_limit[:, None]
+    bidirectional = inside & (causal[:, None] == 0)
+    limit = torch.where(bidirectional, (key_limit - 1)[:, None], positions)
+    return key_positions[:, None, :] <= limit[:, :, None]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device through pinned memory: the copy does not wait for the GPU to
+    drain (a pageable host-to-device copy would)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _upload(device: torch.device, *columns: list[int]) -> tuple[torch.Tensor, ...]:
+    """Host lists of ints (equal lengths) to device tensors, in one copy."""
+    return tuple(to_device(torch.tensor(columns, dtype=torch.long), device).unbind(0))
