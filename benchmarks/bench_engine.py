@@ -47,7 +47,7 @@ def build_model(shape: str, device: str):
     """Random bf16 weights in the shape, through the model family's own loader (as
     `dserve --load-format dummy` does). Returns (model, config dict)."""
     from dserve.plugins import get_registry
-    from dserve.service import load_model
+    from dserve.loader import load_model
 
     path = shape_dir(shape)
     model, _ = load_model(path, get_registry(), dtype="bfloat16", device=device, load_format="dummy")
@@ -103,7 +103,7 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
 
-    from dserve.service import model_for_runner
+    from dserve.loader import model_for_runner
 
     params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
     runner_cls = alg.load_runner()

@@ -46,7 +46,7 @@ def linear_weight_names(src: Path) -> set[str]:
     """The checkpoint names of the weights `quantize_weights` would quantize (every nn.Linear of
     the model as dserve loads it, projections unfused)."""
     from dserve.plugins import get_registry
-    from dserve.service import load_model
+    from dserve.loader import load_model
 
     model, _ = load_model(src, get_registry(), dtype="float32", device="cpu")
     if hasattr(model, "unfuse_projections"):
