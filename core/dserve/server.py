@@ -29,6 +29,7 @@ from dserve.routes import docs, jobs, ops
 from dserve.routes import openai as openai_routes
 from dserve.service import GenerationService
 from dserve.settings import Settings
+from dserve.watchdog import Watchdog
 
 log = structlog.get_logger("dserve.server")
 
@@ -78,11 +79,13 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         if load_model:
-            threading.Thread(target=_load, args=(service, pm), name="dserve-loader", daemon=True).start()
+            threading.Thread(target=_load, args=(app, service, pm), name="dserve-loader", daemon=True).start()
         try:
             yield
         finally:
             app.state.jobs.cancel_all()
+            if app.state.watchdog is not None:
+                app.state.watchdog.stop()
             service.shutdown()
             pm.hook.server_shutdown(state=service)
 
@@ -102,14 +105,17 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     app.state.metrics = metrics
     app.state.jobs = jobs.JobStore(settings.result_ttl)
     app.state.settings = settings
+    app.state.watchdog = None  # started once the scheduler exists
     return app
 
 
-def _load(service: GenerationService, pm) -> None:
+def _load(app: Starlette, service: GenerationService, pm) -> None:
     try:
         service.load()
     except Exception:  # noqa: BLE001 - reported through /health; the process stays up for probes
         return
+    app.state.watchdog = Watchdog(service.scheduler)
+    app.state.watchdog.start()
     pm.hook.server_startup(state=service)
 
 
