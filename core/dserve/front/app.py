@@ -45,6 +45,7 @@ from dserve.front.router import Router
 from dserve.front.stats import aggregate_batch_stats, front_stats, worker_status
 from dserve.front.workers import WorkerPool
 from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
+from dserve.routes.jobs import MAX_JOB_ID_CHARS, job_owner, valid_job_id
 from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")
@@ -73,7 +74,7 @@ def _front(request: Request) -> Front:
 
 
 def _shutting_down() -> JSONResponse:
-    return openai_error(503, "the server is shutting down", "service_unavailable", "server_shutting_down")
+    return openai_error(503, "the server is shutting down", "service_unavailable", "server_shutting_down", {"retry-after": "5"})
 
 
 # ---- operations ---------------------------------------------------------------------------
@@ -179,18 +180,21 @@ async def submit_job(request: Request) -> Response:
     if resp.status_code != 200:
         return Response(raw, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
     body = json.loads(raw)
-    body["request_ids"] = [f.jobs.add(w.index, w.epoch, local) for local in body.get("request_ids", [])]
+    owner = job_owner(request)
+    body["request_ids"] = [f.jobs.add(w.index, w.epoch, local, owner) for local in body.get("request_ids", [])]
     return JSONResponse(body, headers=headers)
 
 
 async def job_result(request: Request) -> Response:
     f = _front(request)
     raw = request.path_params["request_id"]
-    ref = f.jobs.get(int(raw)) if raw.isdigit() else None
+    # ASCII and short ("%C2%B2" or 5000 digits answered 500 when ids were parsed as ints)
+    ref = f.jobs.get(raw, job_owner(request)) if valid_job_id(raw) else None
     w = f.pool.workers[ref.worker] if ref is not None else None
     if ref is None or w.epoch != ref.epoch:
-        why = "unknown or expired" if ref is None else f"worker {ref.worker} restarted since and lost it"
-        return JSONResponse(error_body(f"no request with id {raw!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
+        why = "unknown, expired or not yours" if ref is None else f"worker {ref.worker} restarted since and lost it"
+        shown = raw if len(raw) <= MAX_JOB_ID_CHARS else raw[:MAX_JOB_ID_CHARS] + "..."
+        return JSONResponse(error_body(f"no request with id {shown!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
     answer = await _exchange(f, request, worker=w, path=f"/v1/result/{ref.local_id}")
     if isinstance(answer, Response):
         return answer
@@ -198,9 +202,9 @@ async def job_result(request: Request) -> Response:
     if resp.status_code != 200:
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
     body = json.loads(content)
-    body["request_id"] = int(raw)
+    body["request_id"] = raw
     if body.get("status") in ("finished", "failed"):
-        f.jobs.finished(int(raw))
+        f.jobs.finished(raw)
     return JSONResponse(body, headers={"x-dserve-worker": str(w.index)})
 
 
