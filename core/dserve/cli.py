@@ -73,6 +73,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", action="append", help="accepted bearer key (repeatable); env DSERVE_API_KEY='[\"k1\",\"k2\"]'")
     g.add_argument("--rate-limit-requests", type=int, help="requests per minute per client")
     g.add_argument("--max-body-bytes", type=int, help="largest request body (default 4 MiB)")
+    g.add_argument("--body-read-timeout", type=float, help="seconds a request body may take to arrive before 408 (default 60)")
     g.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)")
     g.add_argument("--no-metrics", dest="metrics", action="store_false", default=None, help="disable /metrics")
     g.add_argument("--metrics-require-key", action="store_true", default=None, help="/metrics needs the API key")

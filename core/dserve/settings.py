@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     api_key: list[str] | None = Field(None, description="accepted bearer key(s)")
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
     max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1)
+    body_read_timeout: float = Field(60.0, gt=0.0, description="seconds a request body may take to arrive before 408")
     cors_origins: list[str] | None = None
     metrics: bool = True
     metrics_require_key: bool = False
