@@ -15,6 +15,7 @@ Front routes:
 ``/v1/generate``,     forwarded to a worker; the returned job ids are the front's
 ``/v1/generate_batch``
 ``/v1/result/{id}``   forwarded to the worker that has the job
+``/openapi.json``     a worker's document plus the front's routes and its 502/504 answers
 ====================  =======================================================================
 
 Everything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
@@ -150,6 +151,32 @@ async def metrics(request: Request) -> Response:
     return Response(front_metrics.render(f.pool, texts), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+def _front_openapi() -> dict:
+    """A worker's document (the same code builds it) plus the front's own routes; a proxied
+    request can also end in 502 (the worker failed) or 504 (the worker went silent)."""
+    from dserve.routes.docs import _ERRORS, build_openapi
+
+    doc = build_openapi()
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    extra = {"502": "the worker failed while handling the request", "504": "the worker sent nothing for the request timeout + 5 s"}
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if operation["responses"].keys() & {"400", "503"}:
+                operation["responses"].update({c: {**error, "description": d} for c, d in extra.items() if c not in operation["responses"]})
+    ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+    auth = {c: {**error, "description": _ERRORS[c]} for c in ("401", "429")}
+    doc["paths"]["/stats"] = {"get": {"summary": "The front's load-balancer view and aggregated batch statistics", "responses": {**ok, **auth}}}
+    doc["paths"]["/worker-status"] = {"get": {"summary": "Per-worker state", "responses": {**ok, **auth}}}
+    doc["info"]["description"] += " (multi-GPU front)"
+    return doc
+
+
+async def openapi(request: Request) -> Response:
+    if not hasattr(request.app.state, "openapi"):
+        request.app.state.openapi = _front_openapi()
+    return JSONResponse(request.app.state.openapi)
+
+
 # ---- async jobs ---------------------------------------------------------------------------
 
 
@@ -249,6 +276,7 @@ def create_front_app(settings: Settings, pool: WorkerPool) -> Starlette:
         Route("/batch/stats", batch_stats, methods=["GET"]),
         Route("/v1/engine/stats", engine_stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/generate", submit_job, methods=["POST"]),
         Route("/v1/generate_batch", submit_job, methods=["POST"]),
         Route("/v1/result/{request_id}", job_result, methods=["GET"]),

@@ -23,6 +23,7 @@ _ERRORS = {
     "400": "invalid request",
     "401": "missing or wrong API key",
     "404": "unknown model or id",
+    "408": "the request body did not arrive within --body-read-timeout",
     "413": "request body too large",
     "429": "queue full or rate limited (see Retry-After)",
     "503": "loading, draining or out of device memory",
@@ -61,7 +62,7 @@ def build_openapi() -> dict[str, Any]:
     def errors(*codes: str) -> dict:
         return {c: {**err, "description": _ERRORS[c]} for c in codes}
 
-    def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "413", "429", "503", "504"), sse=False):
+    def op(summary: str, ok: dict, body: type[BaseModel] | None = None, codes=("400", "401", "404", "408", "413", "429", "503", "504"), sse=False):
         o: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}}
         if sse:  # OpenAPI 3.1: the schema of text/event-stream describes one event
             o["responses"]["200"]["content"]["text/event-stream"] = {"schema": _SSE_EVENT}
