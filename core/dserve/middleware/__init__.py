@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .access_log import AccessLogMiddleware
 from .api_key import ApiKeyMiddleware
-from .body_limit import DEFAULT_READ_TIMEOUT_S, BodySizeLimitMiddleware, RequestBodyTimeout, RequestBodyTooLarge
+from .body_limit import BodySizeLimitMiddleware, RequestBodyTimeout, RequestBodyTooLarge
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint, torch_gpu_memory_used
 from .rate_limit import RateLimitMiddleware
 from .request_id import RequestIdMiddleware
@@ -63,7 +63,7 @@ def build_middleware(
     metrics: Metrics | None = None,
     metrics_require_key: bool = False,
     access_log: bool = True,
-    body_read_timeout: float | None = DEFAULT_READ_TIMEOUT_S,
+    body_read_timeout: float | None = None,
 ) -> list[Middleware]:
     """The middleware list for ``Starlette(middleware=...)``, outermost first.
 
