@@ -10,7 +10,15 @@ import time
 import httpx
 import pytest
 
-from reliability.helpers import MODEL_ARGS, ServerProcess, fault_env, model_info, sample, scrape, wait_for
+from reliability.helpers import (
+    MODEL_ARGS,
+    ServerProcess,
+    fault_env,
+    model_info,
+    sample,
+    scrape,
+    wait_for,
+)
 
 CHAT = "/v1/chat/completions"
 

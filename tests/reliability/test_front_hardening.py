@@ -85,7 +85,7 @@ def test_job_results_are_bound_to_the_key_that_submitted_them(front):
     ids = r.json()["request_ids"]
     assert all(isinstance(i, str) and len(i) >= 16 and not i.isdigit() for i in ids), ids
     for job in ids:
-        done = wait_for(lambda: (x := httpx.get(f"{front.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x, 60, 0.1, "job done")
+        done = wait_for(lambda job=job: (x := httpx.get(f"{front.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x, 60, 0.1, "job done")
         assert done["status"] == "finished" and done["request_id"] == job
         other = httpx.get(f"{front.url}/v1/result/{job}", headers=B, timeout=10)
         assert other.status_code == 404 and other.json()["error"]["code"] == "request_not_found"

@@ -11,7 +11,13 @@ import time
 import httpx
 import pytest
 
-from reliability.helpers import MODEL_ARGS, ServerProcess, fault_env, model_info, wait_for
+from reliability.helpers import (
+    MODEL_ARGS,
+    ServerProcess,
+    fault_env,
+    model_info,
+    wait_for,
+)
 
 BROKEN = {"engine": "fastdllm", "generation_algorithm": "basic"}
 CLIENT_TIMEOUT = 120  # a request that hangs fails the test here instead of hanging the suite

@@ -30,7 +30,7 @@ import time
 import httpx
 import pytest
 
-from reliability.helpers import MODEL_ARGS, ServerProcess, sample, scrape, wait_for
+from reliability.helpers import MODEL_ARGS, ServerProcess, scrape, wait_for
 
 SECONDS = float(os.environ.get("DSERVE_SOAK_SECONDS", "1200"))
 CONCURRENCY = int(os.environ.get("DSERVE_SOAK_CONCURRENCY", "64"))
@@ -87,7 +87,7 @@ def _check_error(body: bytes, status: int, tally: Tally, kind: str) -> None:
     try:
         err = json.loads(body)["error"]
         assert set(err) == {"message", "type", "param", "code"}
-    except Exception:  # noqa: BLE001
+    except Exception:
         tally.problems.append(f"{kind}: {status} without an OpenAI error body: {body[:200]!r}")
 
 

@@ -37,7 +37,6 @@ from starlette.datastructures import Headers
 
 from ._errors import send_openai_error
 
-
 DEFAULT_READ_TIMEOUT_S = 60.0
 
 

@@ -15,7 +15,8 @@ and the health probes (a multi-GPU front then sees its workers as dead). So:
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
