@@ -58,6 +58,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", action="append")
     g.add_argument("--rate-limit-requests", type=int)
     g.add_argument("--max-body-bytes", type=int)
+    g.add_argument("--body-read-timeout", type=float)
     g.add_argument("--cors-origin", dest="cors_origins", action="append")
     g.add_argument("--no-metrics", dest="metrics", action="store_false", default=None)
     g.add_argument("--metrics-require-key", action="store_true", default=None)

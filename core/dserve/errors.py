@@ -38,10 +38,16 @@ class Overloaded(APIError):
 
 
 class Unavailable(APIError):
-    """The server is draining or cannot take the work now (503)."""
+    """The server is draining or cannot take the work now (503, with Retry-After: clients and
+    load balancers wait that long, or go to another replica, before retrying)."""
 
     status = 503
     type = "service_unavailable"
+    retry_after_s = 5
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(self.retry_after_s))
 
 
 class RequestTimeout(APIError):

@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 
 
+GREEDY_DEFAULT_SEED = 0
+
+
+def request_seed(seed: int | None, temperature: float) -> int | None:
+    """The seed a sequence's generator starts from: the request's, or at temperature 0 a fixed
+    one, so that algorithms that draw positions at random (dream/origin, remasking=random)
+    are deterministic like every other greedy decode (docs/api.md, "Determinism")."""
+    if seed is None and not temperature:
+        return GREEDY_DEFAULT_SEED
+    return seed
+
+
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
     """A per-sequence generator, so a seeded request samples the same whatever its batch."""
     g = torch.Generator(device=device)

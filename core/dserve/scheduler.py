@@ -129,6 +129,10 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stop = False
         self.draining = False
+        # when the loop last went round (or the scheduler last became busy): the watchdog
+        # reports a scheduler with pending work and an old heartbeat as stalled
+        self.heartbeat = time.monotonic()
+        self._finish_lock = threading.Lock()  # the watchdog finishes overdue handles too
         self._thread = threading.Thread(target=self._loop, name="dserve-scheduler", daemon=True)
 
     # ---- called from the event loop -------------------------------------------------------
@@ -147,10 +151,14 @@ class Scheduler:
         with self._cv:
             if self.draining or self._stop:
                 raise Unavailable("the server is shutting down", code="server_shutting_down")
+            if not self.alive:
+                raise Unavailable("the scheduler thread has stopped; the server must be restarted", code="scheduler_failed")
             if len(self._waiting) + len(handles) > self.max_queue_size:
                 raise Overloaded(
                     "the request queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}
                 )
+            if not self._waiting and not self._running:
+                self.heartbeat = time.monotonic()  # idle until now: the loop was not late
             self._waiting.extend(handles)
             self._cv.notify_all()
 
@@ -171,6 +179,36 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._waiting) + len(self._running)
 
+    @property
+    def alive(self) -> bool:
+        """The scheduler thread runs (true before `start` too: nothing has failed yet)."""
+        return self._thread.is_alive() or self._thread.ident is None
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last went round while work is pending (0 when idle)."""
+        if not self._waiting and not self._running:
+            return 0.0
+        return max(0.0, time.monotonic() - self.heartbeat)
+
+    def handles_in_flight(self) -> list[GenerationHandle]:
+        """A snapshot of every queued and running handle (for the watchdog's thread)."""
+        with self._cv:
+            waiting = list(self._waiting)
+        for _ in range(3):  # the scheduler thread changes _running without the lock
+            try:
+                return waiting + list(self._running.values())
+            except RuntimeError:
+                continue
+        return waiting
+
+    def abandon(self, handle: GenerationHandle, error: APIError) -> None:
+        """End `handle` with `error` from outside the scheduler thread (the watchdog): its
+        client is answered now; its batch slot is freed whenever the loop runs again."""
+        handle.cancelled = True
+        self._finish(handle, Event("error", error=error))
+        with self._cv:
+            self._cv.notify_all()
+
     # ---- the scheduler thread ---------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -180,11 +218,16 @@ class Scheduler:
                     self._cv.wait()
                 if self._stop:
                     break
+                self.heartbeat = time.monotonic()
                 if not self._running and self.max_wait_time > 0:
                     # an idle server gives the first batch a moment to fill
                     self._cv.wait_for(lambda: self._stop, timeout=self.max_wait_time)
-                admitted = self._take_admissible()
             try:
+                # admission too: a runner whose import or constructor raises must fail its
+                # requests, not kill this thread (every request would then hang)
+                self._build_missing_runners()
+                with self._cv:
+                    admitted = self._take_admissible()
                 for handle in admitted:
                     self._admit(handle)
                 self._drop_cancelled_and_expired()
@@ -193,6 +236,28 @@ class Scheduler:
                         self._step(runner)
             except Exception:  # noqa: BLE001 - the loop must survive anything a runner throws
                 log.exception("scheduler iteration failed")
+            self.heartbeat = time.monotonic()
+
+    def _build_missing_runners(self) -> None:
+        """Build the runners waiting requests need, outside the lock (a slow import or a
+        constructor must not block `submit` on the event loop); a runner that fails to build
+        fails the requests waiting for it."""
+        with self._cv:
+            missing = {h.runner_key: h.spec for h in self._waiting if h.runner_key not in self.runners}
+        for key, spec in missing.items():
+            try:
+                self._get_runner(spec)
+            except Exception as exc:  # noqa: BLE001
+                error = exc if isinstance(exc, APIError) else APIError(
+                    f"internal error while preparing {key[0]}/{key[1]}", code="engine_error"
+                )
+                if not isinstance(exc, APIError):
+                    log.exception("runner construction failed", engine=key[0], algorithm=key[1])
+                with self._cv:
+                    failed = [h for h in self._waiting if h.runner_key == key]
+                    self._waiting = collections.deque(h for h in self._waiting if h.runner_key != key)
+                for handle in failed:
+                    self._fail(handle, error)
 
     def _take_admissible(self) -> list[GenerationHandle]:
         taken, kept = [], collections.deque()
@@ -202,11 +267,12 @@ class Scheduler:
             if handle.cancelled:
                 self._finish(handle, None)
                 continue
+            runner = self.runners.get(handle.runner_key)
+            if runner is None:  # submitted after _build_missing_runners: built next iteration
+                kept.append(handle)
+                continue
             if handle.runner_key not in room:
-                runner = self.runners.get(handle.runner_key)
-                room[handle.runner_key] = (
-                    runner.max_batch_size - len(runner.sequences) if runner else self._get_runner(handle.spec).max_batch_size
-                )
+                room[handle.runner_key] = runner.max_batch_size - len(runner.sequences)
             if room[handle.runner_key] > 0:
                 room[handle.runner_key] -= 1
                 taken.append(handle)
@@ -334,9 +400,10 @@ class Scheduler:
         self._finish(handle, Event("error", error=error))
 
     def _finish(self, handle: GenerationHandle, event: Event | None) -> None:
-        if handle.done:
-            return
-        handle.done = True
+        with self._finish_lock:
+            if handle.done:
+                return
+            handle.done = True
         self.stats.requests_finished += 1
         if event is not None:
             handle._emit(event)

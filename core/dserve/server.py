@@ -34,6 +34,7 @@ from dserve.routes import jobs
 from dserve.routes.table import plugin_route, server_routes
 from dserve.service import GenerationService
 from dserve.settings import Settings
+from dserve.watchdog import Watchdog
 
 log = structlog.get_logger("dserve.server")
 
@@ -67,12 +68,14 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     async def lifespan(app: Starlette):
         if load_model:
             threading.Thread(
-                target=_load, args=(service, pm, app.state.on_load_failure), name="dserve-loader", daemon=True
+                target=_load, args=(app, service, pm, app.state.on_load_failure), name="dserve-loader", daemon=True
             ).start()
         try:
             yield
         finally:
             app.state.jobs.cancel_all()
+            if app.state.watchdog is not None:
+                app.state.watchdog.stop()
             service.shutdown()
             pm.hook.server_shutdown(state=service)
 
@@ -94,16 +97,19 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
     app.state.settings = settings
     app.state.api_routes = api_routes  # /openapi.json documents exactly these
     app.state.on_load_failure = None  # serve() sets it: a failed startup load stops the server
+    app.state.watchdog = None  # started once the scheduler exists
     return app
 
 
-def _load(service: GenerationService, pm, on_failure: Callable[[], None] | None) -> None:
+def _load(app: Starlette, service: GenerationService, pm, on_failure: Callable[[], None] | None) -> None:
     try:
         service.load()
     except Exception:  # noqa: BLE001 - kept in service.load_error: /health reports it
         if on_failure is not None:
             on_failure()
         return
+    app.state.watchdog = Watchdog(service.scheduler)
+    app.state.watchdog.start()
     pm.hook.server_startup(state=service)
 
 

@@ -92,6 +92,7 @@ class ServerSettings(BaseSettings):
     )
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
     max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1, description="largest request body in bytes")
+    body_read_timeout: float = Field(60.0, gt=0.0, description="seconds a request body may take to arrive before 408")
     cors_origins: list[str] | None = Field(None, description="allowed CORS origin (the flag --cors-origin repeats)")
     metrics: bool = Field(True, description="serve /metrics (--no-metrics: off)")
     metrics_require_key: bool = Field(False, description="/metrics needs the API key")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e.conftest import MODEL_ARGS
 from e2e.server import ServerProcess
 
-__all__ = ["MODEL_ARGS", "ServerProcess", "json_log_lines", "wait_for", "scrape", "sample", "wait_idle", "model_info"]
+__all__ = ["MODEL_ARGS", "ServerProcess", "fault_env", "json_log_lines", "wait_for", "scrape", "sample", "wait_idle", "model_info"]
 
 
 def json_log_lines(server: ServerProcess) -> list[dict[str, Any]]:
@@ -69,3 +71,13 @@ def wait_idle(url: str, timeout: float = 15.0, headers: dict | None = None) -> d
 
 def model_info(url: str, headers: dict | None = None) -> dict:
     return httpx.get(url + "/v1/models", headers=headers, timeout=10).json()["data"][0]
+
+
+FAULTS_DIR = str(Path(__file__).parent / "faults")
+
+
+def fault_env(fault: str, **extra: str) -> dict[str, str]:
+    """Environment for a server (and its workers) whose runner `fault` names misbehaves
+    (see tests/reliability/faults/sitecustomize.py): `"step_hangs:llada/reference"`."""
+    path = os.pathsep.join(p for p in (FAULTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "DSERVE_TEST_FAULT": fault, **extra}

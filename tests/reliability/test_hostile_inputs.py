@@ -80,9 +80,10 @@ def _cases(model: str, context: int) -> list[tuple[str, str, bytes, str | None, 
         ("unknown engine", chat, _raw(_chat(model, engine="nope")), "engine", "unknown_engine"),
         ("unknown algorithm", chat, _raw(_chat(model, generation_algorithm="nope")), "generation_algorithm", "unknown_algorithm"),
         ("unknown parameter", chat, _raw(_chat(model, bogus=1)), "bogus", None),
-        # 1 MB strings
-        ("1 MB chat prompt", chat, _raw({"model": model, "messages": [{"role": "user", "content": "a" * MB}], "max_tokens": 2}), "max_tokens", "context_length_exceeded"),
-        ("1 MB completion prompt", cmpl, _raw({"model": model, "prompt": "a" * MB, "max_tokens": 2}), "max_tokens", "context_length_exceeded"),
+        # 1 MB strings: refused from their length in characters, before tokenizing (the prompt
+        # alone cannot fit, so the prompt is the param, as OpenAI names it)
+        ("1 MB chat prompt", chat, _raw({"model": model, "messages": [{"role": "user", "content": "a" * MB}], "max_tokens": 2}), "messages", "context_length_exceeded"),
+        ("1 MB completion prompt", cmpl, _raw({"model": model, "prompt": "a" * MB, "max_tokens": 2}), "prompt", "context_length_exceeded"),
         ("1 MB model name", chat, _raw({"model": "m" * MB, "messages": [{"role": "user", "content": "hi"}]}), "model", None),
         ("1 MB engine name", chat, _raw(_chat(model, engine="e" * MB)), "engine", None),
         # prompts longer than the context

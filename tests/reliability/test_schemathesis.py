@@ -7,7 +7,10 @@ conforms to the documented schema.
 
 The default run uses schemathesis's examples and fuzzing phases (25 derandomized cases per
 operation); `-m slow` adds its deterministic coverage phase (boundary values, wrong types,
-missing fields, unexpected methods: about 1000 requests).
+missing fields, unexpected methods: about 1000 requests) and up to 250 fuzzed cases per
+operation on one server and through a two-worker front (whose document adds /stats and
+/worker-status); operations without parameters have only a case or two, so the count comes
+from the ones with bodies (the run prints it; docs/reliability.md has a run's figure).
 
 Generated bodies name the served model (a random name only ever reaches the 404), and
 lengths and step counts that the server would accept are cut to a few tokens, so decoding on
@@ -80,6 +83,33 @@ def api_schema_coverage(server):
 
 
 @pytest.fixture(scope="module")
+def front():
+    """A two-worker front on the CPU, with the same cheap defaults as `server`."""
+    srv = ServerProcess(
+        *MODEL_ARGS, "--gpus", "2", "--device", "cpu", "--worker-start-interval", "0",
+        "--max-tokens", "2", "--block-length", "2", "--steps", "1", "--request-timeout", "50",
+        "--shutdown-grace", "5", "--max-batch-size", "16", ready_timeout=240,
+    )
+    import httpx
+
+    from reliability.helpers import wait_for
+
+    wait_for(lambda: httpx.get(srv.url + "/stats", timeout=10).json()["healthy_workers"] == 2, 240, 0.2, "both workers healthy")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema_front(front):
+    return _load_schema(front, ["examples", "fuzzing"])
+
+
+@pytest.fixture(scope="module")
+def api_schema_many(server):
+    return _load_schema(server, ["examples", "fuzzing"])
+
+
+@pytest.fixture(scope="module")
 def model_id(server):
     import httpx
 
@@ -114,6 +144,17 @@ SETTINGS = settings(
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 coverage_schema = schemathesis.pytest.from_fixture("api_schema_coverage")
+many_schema = schemathesis.pytest.from_fixture("api_schema_many")
+front_schema = schemathesis.pytest.from_fixture("api_schema_front")
+MANY = settings(SETTINGS, max_examples=250)
+CASES = {"server": 0, "front": 0}  # generated cases run by the slow tests, reported at the end
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_cases():
+    yield
+    if any(CASES.values()):
+        print(f"\nschemathesis generated cases: {CASES}")
 
 
 @schema.parametrize()
@@ -127,6 +168,22 @@ def test_api_conforms_to_its_openapi_document(case, server, model_id):
 @SETTINGS
 def test_api_conforms_on_coverage_cases(case, server, model_id):
     _check(case, server, model_id)
+
+
+@pytest.mark.slow
+@many_schema.parametrize()
+@MANY
+def test_api_conforms_on_many_generated_cases(case, server, model_id):
+    CASES["server"] += 1
+    _check(case, server, model_id)
+
+
+@pytest.mark.slow
+@front_schema.parametrize()
+@MANY
+def test_front_conforms_to_its_openapi_document(case, front, model_id):
+    CASES["front"] += 1
+    _check(case, front, model_id)
 
 
 def test_every_route_is_documented(server):

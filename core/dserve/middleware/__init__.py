@@ -4,7 +4,7 @@
 ``request_id``         ``RequestIdMiddleware``: x-request-id in and out, log context
 ``access_log``         ``AccessLogMiddleware``: one structlog event per request
 ``metrics``            ``Metrics`` (Prometheus registry), ``MetricsMiddleware``
-``body_limit``         ``BodySizeLimitMiddleware``: 413 over ``max_bytes``
+``body_limit``         ``BodySizeLimitMiddleware``: 413 over ``max_bytes``, 408 slow body
 ``api_key``            ``ApiKeyMiddleware``: ``Authorization: Bearer`` keys
 ``rate_limit``         ``RateLimitMiddleware``: per-client token bucket, 429
 CORS                   Starlette's ``CORSMiddleware``, used as is
@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .access_log import AccessLogMiddleware
 from .api_key import ApiKeyMiddleware
-from .body_limit import BodySizeLimitMiddleware, RequestBodyTooLarge
+from .body_limit import BodySizeLimitMiddleware, RequestBodyTimeout, RequestBodyTooLarge
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint, torch_gpu_memory_used
 from .rate_limit import RateLimitMiddleware
 from .request_id import RequestIdMiddleware
@@ -33,6 +33,7 @@ __all__ = [
     "MetricsMiddleware",
     "PROBE_PATHS",
     "RateLimitMiddleware",
+    "RequestBodyTimeout",
     "RequestBodyTooLarge",
     "RequestIdMiddleware",
     "build_middleware",
@@ -62,6 +63,7 @@ def build_middleware(
     metrics: Metrics | None = None,
     metrics_require_key: bool = False,
     access_log: bool = True,
+    body_read_timeout: float | None = None,
 ) -> list[Middleware]:
     """The middleware list for ``Starlette(middleware=...)``, outermost first.
 
@@ -80,7 +82,8 @@ def build_middleware(
        ``Authorization``) is answered instead of getting a 401, and so CORS headers are on
        error responses too (a page can read the 401/429 body and ``Retry-After``).
     5. body limit: an oversized ``Content-Length`` is refused before anything else costs
-       work; it reveals nothing to an unauthenticated client.
+       work; it reveals nothing to an unauthenticated client. It also gives the body
+       ``body_read_timeout`` seconds to arrive (408 after that).
     6. API key: authenticates, and records the key's identity for ...
     7. rate limit: after auth, so it keys by the verified API key (not by a token anyone can
        invent to get a fresh bucket), falling back to the client IP. Unauthenticated floods
@@ -102,8 +105,8 @@ def build_middleware(
                 allow_credentials=False,  # Bearer keys travel in a header, not in cookies
             )
         )
-    if max_body_bytes:
-        stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes))
+    if max_body_bytes or body_read_timeout:
+        stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes or None, read_timeout=body_read_timeout))
     if api_keys:
         exempt = set(PROBE_PATHS)
         if not metrics_require_key:
@@ -130,4 +133,5 @@ def middleware_from_settings(settings, metrics: Metrics | None) -> list[Middlewa
         metrics=metrics,
         metrics_require_key=settings.metrics_require_key,
         access_log=True,
+        body_read_timeout=settings.body_read_timeout,
     )

@@ -37,6 +37,8 @@ from prometheus_client import (
 )
 
 NAMESPACE = "dserve"
+# scope["state"] key: the status of the error event that ended a streamed response
+STREAM_ERROR_STATUS = "stream_error_status"
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -218,7 +220,8 @@ def endpoint_label(scope: dict) -> str:
 class MetricsMiddleware:
     """Counts requests whose path starts with one of ``path_prefixes`` (default ``/v1/``).
 
-    2xx/3xx -> ``request_success``; 4xx/5xx -> ``request_failure{status}``; a response never
+    2xx/3xx -> ``request_success``; 4xx/5xx, or a stream that ended in an error event (its
+    status from ``scope["state"][STREAM_ERROR_STATUS]``) -> ``request_failure{status}``; a response never
     finished (client disconnect, connection aborted, exception) -> failure with status
     ``499`` if a status had been sent, else ``500``. Latency is observed for all of them.
     """
@@ -253,9 +256,13 @@ class MetricsMiddleware:
             m.requests_in_flight.dec()
             endpoint = endpoint_label(scope)
             m.request_latency.labels(endpoint).observe(time.perf_counter() - start)
+            # a stream's 200 went out before it failed: the route records the error's status
+            stream_error = scope.get("state", {}).get(STREAM_ERROR_STATUS)
             if not complete:
                 final = "499" if status is not None else "500"
                 m.request_failure.labels(endpoint, final).inc()
+            elif stream_error is not None:
+                m.request_failure.labels(endpoint, str(stream_error)).inc()
             elif status is not None and status < 400:
                 m.request_success.labels(endpoint).inc()
             else:

@@ -15,10 +15,11 @@ from dserve import __version__
 from dserve.protocol import ErrorResponse
 from dserve.routes.api_route import ApiRoute
 
-_ERRORS = {
+ERROR_DESCRIPTIONS = {
     "400": "invalid request",
     "401": "missing or wrong API key",
     "404": "unknown model or id",
+    "408": "the request body did not arrive within --body-read-timeout",
     "413": "request body too large",
     "429": "queue full or rate limited (see Retry-After)",
     "503": "loading, draining or out of device memory",
@@ -56,7 +57,7 @@ def _operation(route: ApiRoute, defs: dict[str, Any]) -> dict[str, Any]:
     if route.stream:  # OpenAPI 3.1: the schema of text/event-stream describes one event
         ok.setdefault("content", {})["text/event-stream"] = {"schema": _SSE_EVENT}
     error = {"content": {"application/json": {"schema": _ref(ErrorResponse, defs)}}}
-    op: dict[str, Any] = {"summary": route.summary, "responses": {"200": ok, **{code: {**error, "description": _ERRORS[code]} for code in route.errors}}}
+    op: dict[str, Any] = {"summary": route.summary, "responses": {"200": ok, **{code: {**error, "description": ERROR_DESCRIPTIONS[code]} for code in route.errors}}}
     if route.request is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.request, defs)}}}
     params = re.findall(r"{(\w+)(?::\w+)?}", route.path)

@@ -12,9 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from dserve.errors import APIError, BadRequest
+from dserve.middleware.metrics import STREAM_ERROR_STATUS
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
 from dserve.protocol import ChatCompletionRequest, CompletionRequest
 from dserve.routes._common import parse_body, run_unless_disconnected, set_log_fields
+from dserve.routes._tokenize import check_prompt_chars, tokenize
 from dserve.scheduler import GenerationHandle
 from dserve.service import GenerationService, collect_text
 
@@ -45,8 +47,9 @@ async def chat_completions(request: Request) -> Response:
     service = _service(request)
     service.check_model(body.model)
     messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+    check_prompt_chars(service, sum(len(m["content"]) for m in messages), "messages")
     try:
-        prompt_ids = chat_prompt_ids(service.model.tokenizer, messages)
+        prompt_ids = await tokenize(chat_prompt_ids, service.model.tokenizer, messages)
     except ValueError as exc:
         raise BadRequest(str(exc), param="messages") from None
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -60,9 +63,12 @@ async def completions(request: Request) -> Response:
     tok = service.model.tokenizer
     prompt = body.prompt
     if isinstance(prompt, str):
-        prompts = [completion_prompt_ids(tok, prompt)]
+        check_prompt_chars(service, len(prompt), "prompt")
+        prompts = [await tokenize(completion_prompt_ids, tok, prompt)]
     elif prompt and all(isinstance(p, str) for p in prompt):
-        prompts = [completion_prompt_ids(tok, p) for p in prompt]
+        for p in prompt:
+            check_prompt_chars(service, len(p), "prompt")
+        prompts = await tokenize(lambda: [completion_prompt_ids(tok, p) for p in prompt])
     elif prompt and all(isinstance(p, int) for p in prompt):
         prompts = [list(prompt)]
     elif prompt and all(isinstance(p, list) for p in prompt):
@@ -209,6 +215,7 @@ async def _stream(request, service, handles, meta, chat, include_usage, prompt_t
                 yield _sse(chunk(index, event.text, None))
             elif event.kind == "error":
                 err = event.error or APIError("generation failed")
+                request.scope.setdefault("state", {})[STREAM_ERROR_STATUS] = err.status  # a failure in /metrics
                 yield _sse(err.body())
                 remaining = 0
                 break

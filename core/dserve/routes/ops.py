@@ -12,10 +12,19 @@ def _service(request: Request):
     return request.app.state.dserve
 
 
+def scheduler_problem(request: Request) -> str | None:
+    """Why the scheduler cannot serve (dead or stalled thread), from the watchdog; else None."""
+    watchdog = getattr(request.app.state, "watchdog", None)
+    return watchdog.problem() if watchdog is not None else None
+
+
 async def health(request: Request) -> Response:
     s = _service(request)
     sched = s.scheduler
     status = "ok" if s.ready else ("draining" if sched is not None and sched.draining else ("error" if s.load_error else "loading"))
+    problem = scheduler_problem(request) if s.ready else None
+    if problem:
+        status = "stalled"  # the multi-GPU front restarts a worker that says this
     body = {
         "status": status,
         "version": __version__,
@@ -24,12 +33,12 @@ async def health(request: Request) -> Response:
         "queue_depth": sched.queue_depth if sched else 0,
         "running": sched.num_running if sched else 0,
     }
-    if s.load_error:
-        body["error"] = s.load_error
+    if s.load_error or problem:
+        body["error"] = s.load_error or problem
     if s.model is not None:
         body["device"] = str(s.model.device)
         body["dtype"] = str(s.model.dtype).removeprefix("torch.")
-    return JSONResponse(body, status_code=200 if s.ready else 503)
+    return JSONResponse(body, status_code=200 if s.ready and not problem else 503)
 
 
 async def live(request: Request) -> Response:
@@ -38,9 +47,10 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the model is loaded and the server is not draining."""
+    """Readiness: the model is loaded, the scheduler runs and the server is not draining."""
     s = _service(request)
-    return JSONResponse({"ready": s.ready}, status_code=200 if s.ready else 503)
+    ok = s.ready and not scheduler_problem(request)
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 def _stats(request: Request) -> dict:

@@ -22,7 +22,7 @@ from dserve.routes import openai as openai_routes
 from dserve.routes.api_route import ApiRoute
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
-GENERATION_ERRORS = ("400", "401", "404", "413", "429", "503", "504")
+GENERATION_ERRORS = ("400", "401", "404", "408", "413", "429", "503", "504")
 KEYED = ("401", "429")  # behind --api-key and --rate-limit-requests, unlike the health probes
 
 

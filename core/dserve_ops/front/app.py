@@ -15,6 +15,7 @@ Front routes:
 ``/v1/generate``,     forwarded to a worker; the returned job ids are the front's
 ``/v1/generate_batch``
 ``/v1/result/{id}``   forwarded to the worker that has the job
+``/openapi.json``     a worker's document plus the front's routes and its 502/504 answers
 ====================  =======================================================================
 
 Everything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
@@ -45,6 +46,7 @@ from dserve_ops.front.router import Router
 from dserve_ops.front.stats import aggregate_batch_stats, front_stats, worker_status
 from dserve_ops.front.workers import WorkerPool
 from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
+from dserve.routes.jobs import MAX_JOB_ID_CHARS, job_owner, valid_job_id
 from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")
@@ -73,7 +75,7 @@ def _front(request: Request) -> Front:
 
 
 def _shutting_down() -> JSONResponse:
-    return openai_error(503, "the server is shutting down", "service_unavailable", "server_shutting_down")
+    return openai_error(503, "the server is shutting down", "service_unavailable", "server_shutting_down", {"retry-after": "5"})
 
 
 # ---- operations ---------------------------------------------------------------------------
@@ -149,6 +151,33 @@ async def metrics(request: Request) -> Response:
     return Response(front_metrics.render(f.pool, texts), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+def _front_openapi() -> dict:
+    """A worker's document (the same code builds it) plus the front's own routes; a proxied
+    request can also end in 502 (the worker failed) or 504 (the worker went silent)."""
+    from dserve.routes.docs import ERROR_DESCRIPTIONS, build_openapi
+    from dserve.routes.table import server_routes
+
+    doc = build_openapi(server_routes(metrics=True))
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    extra = {"502": "the worker failed while handling the request", "504": "the worker sent nothing for the request timeout + 5 s"}
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if operation["responses"].keys() & {"400", "503"}:
+                operation["responses"].update({c: {**error, "description": d} for c, d in extra.items() if c not in operation["responses"]})
+    ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+    auth = {c: {**error, "description": ERROR_DESCRIPTIONS[c]} for c in ("401", "429")}
+    doc["paths"]["/stats"] = {"get": {"summary": "The front's load-balancer view and aggregated batch statistics", "responses": {**ok, **auth}}}
+    doc["paths"]["/worker-status"] = {"get": {"summary": "Per-worker state", "responses": {**ok, **auth}}}
+    doc["info"]["description"] += " (multi-GPU front)"
+    return doc
+
+
+async def openapi(request: Request) -> Response:
+    if not hasattr(request.app.state, "openapi"):
+        request.app.state.openapi = _front_openapi()
+    return JSONResponse(request.app.state.openapi)
+
+
 # ---- async jobs ---------------------------------------------------------------------------
 
 
@@ -179,18 +208,21 @@ async def submit_job(request: Request) -> Response:
     if resp.status_code != 200:
         return Response(raw, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
     body = json.loads(raw)
-    body["request_ids"] = [f.jobs.add(w.index, w.epoch, local) for local in body.get("request_ids", [])]
+    owner = job_owner(request)
+    body["request_ids"] = [f.jobs.add(w.index, w.epoch, local, owner) for local in body.get("request_ids", [])]
     return JSONResponse(body, headers=headers)
 
 
 async def job_result(request: Request) -> Response:
     f = _front(request)
     raw = request.path_params["request_id"]
-    ref = f.jobs.get(int(raw)) if raw.isdigit() else None
+    # ASCII and short ("%C2%B2" or 5000 digits answered 500 when ids were parsed as ints)
+    ref = f.jobs.get(raw, job_owner(request)) if valid_job_id(raw) else None
     w = f.pool.workers[ref.worker] if ref is not None else None
     if ref is None or w.epoch != ref.epoch:
-        why = "unknown or expired" if ref is None else f"worker {ref.worker} restarted since and lost it"
-        return JSONResponse(error_body(f"no request with id {raw!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
+        why = "unknown, expired or not yours" if ref is None else f"worker {ref.worker} restarted since and lost it"
+        shown = raw if len(raw) <= MAX_JOB_ID_CHARS else raw[:MAX_JOB_ID_CHARS] + "..."
+        return JSONResponse(error_body(f"no request with id {shown!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
     answer = await _exchange(f, request, worker=w, path=f"/v1/result/{ref.local_id}")
     if isinstance(answer, Response):
         return answer
@@ -198,9 +230,9 @@ async def job_result(request: Request) -> Response:
     if resp.status_code != 200:
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
     body = json.loads(content)
-    body["request_id"] = int(raw)
+    body["request_id"] = raw
     if body.get("status") in ("finished", "failed"):
-        f.jobs.finished(int(raw))
+        f.jobs.finished(raw)
     return JSONResponse(body, headers={"x-dserve-worker": str(w.index)})
 
 
@@ -245,6 +277,7 @@ def create_front_app(settings: Settings, pool: WorkerPool) -> Starlette:
         Route("/batch/stats", batch_stats, methods=["GET"]),
         Route("/v1/engine/stats", engine_stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/generate", submit_job, methods=["POST"]),
         Route("/v1/generate_batch", submit_job, methods=["POST"]),
         Route("/v1/result/{request_id}", job_result, methods=["GET"]),

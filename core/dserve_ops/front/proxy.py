@@ -48,6 +48,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_ATTEMPTS = 3
+UPSTREAM_READ_GRACE_S = 5.0  # past --request-timeout, before the front gives up on a silent worker
 
 
 class ClientGone(Exception):
@@ -66,8 +67,12 @@ class Proxy:
     def __init__(self, pool: WorkerPool, router: Router):
         self.pool = pool
         self.router = router
+        # Workers enforce --request-timeout; the read timeout is the backstop for a worker that
+        # cannot answer at all (SIGSTOPped, hung): no client waits much past the timeout.
+        timeout = pool.settings.request_timeout
+        read = timeout + UPSTREAM_READ_GRACE_S if timeout else None
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),  # workers enforce --request-timeout
+            timeout=httpx.Timeout(connect=5.0, read=read, write=60.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
 
@@ -80,7 +85,7 @@ class Proxy:
         if isinstance(upstream, Response):
             return upstream
         resp, w = upstream
-        headers = _response_headers(resp, w)
+        headers = _response_headers(resp, w, request)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             return RelayResponse(resp, w, self, status_code=resp.status_code, headers=headers)
         try:
@@ -146,6 +151,8 @@ class Proxy:
     def failed(self, w: Worker, exc: Exception) -> JSONResponse:
         self.pool.mark_failed(w, f"{type(exc).__name__}: {exc}")
         log.warning("request to worker failed", worker=w.index, error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.ReadTimeout):
+            return openai_error(504, f"worker {w.index} sent nothing for longer than the request timeout; it was marked unhealthy", "timeout_error", "timeout")
         return openai_error(502, f"worker {w.index} failed while handling the request ({type(exc).__name__}); it was marked unhealthy, retry the request", "api_error", "worker_failed")
 
 
@@ -184,10 +191,15 @@ async def _race_disconnect(request: Request, coro) -> Any:
     raise ClientGone()
 
 
-def _response_headers(resp: httpx.Response, w: Worker) -> dict[str, str]:
+def _response_headers(resp: httpx.Response, w: Worker, request: Request) -> dict[str, str]:
     # date and server: uvicorn adds the front's own
     headers = {k: v for k, v in resp.headers.multi_items() if k.lower() not in HOP_BY_HOP and k.lower() not in ("date", "server")}
     headers["x-dserve-worker"] = str(w.index)
+    location = headers.get("location")
+    if location is not None and location.startswith(w.url):
+        # a worker's redirect (a trailing slash) names its own port: the client must come back
+        # to the front, which it reached at the address it asked for
+        headers["location"] = str(request.base_url).rstrip("/") + location[len(w.url):]
     return headers
 
 
@@ -232,7 +244,10 @@ class RelayResponse(Response):
             except httpx.HTTPError as exc:
                 self.proxy.pool.mark_failed(self.worker, f"mid-stream {type(exc).__name__}")
                 log.warning("worker failed mid-stream", worker=self.worker.index, error=f"{type(exc).__name__}: {exc}")
-                err = error_body(f"worker {self.worker.index} failed mid-stream ({type(exc).__name__})", "api_error", None, "worker_failed")
+                if isinstance(exc, httpx.ReadTimeout):
+                    err = error_body(f"worker {self.worker.index} sent nothing for longer than the request timeout", "timeout_error", None, "timeout")
+                else:
+                    err = error_body(f"worker {self.worker.index} failed mid-stream ({type(exc).__name__})", "api_error", None, "worker_failed")
                 await send({"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

@@ -11,8 +11,9 @@ States (`Worker.status`):
 ``starting``   spawned, not ready yet (the model is loading)
 ``healthy``    its readiness check answers 200: the router may pick it
 ``unhealthy``  its process exited, 3 health checks in a row failed, it answered not ready
-               after having been ready, its model failed to load, or a proxied request
-               failed on the connection; a passing health check makes it healthy again
+               after having been ready, its model failed to load, its scheduler stalled
+               (killed and restarted), or a proxied request failed on the connection; a
+               passing health check makes it healthy again
 ``stopped``    the front is shutting down and the process has exited
 =============  ==========================================================================
 
@@ -28,7 +29,9 @@ Any other worker whose process exited (while the front is not shutting down) is
 started again after a backoff of 1 s, doubling per consecutive failure up to 30 s; the
 backoff resets once a worker has been healthy for 60 s. A worker that was healthy and then
 failed every health check for `HUNG_AFTER_S` seconds while its process is alive is killed
-(SIGKILL) and restarted the same way. `restarts` counts restarts of that worker slot.
+(SIGKILL) and restarted the same way, as is one whose `/health` says `stalled` (its
+scheduler thread died or hangs, see `dserve.watchdog`). `restarts` counts restarts of that
+worker slot.
 """
 
 from __future__ import annotations
@@ -129,7 +132,9 @@ class WorkerPool:
         self.workers = workers
         self.shutting_down = False
         self.started = time.monotonic()
-        self._client = httpx.AsyncClient(timeout=CHECK_TIMEOUT_S)
+        # the pool's own calls (/v1/engine/stats) pass the workers' API-key check
+        auth = {"authorization": f"Bearer {settings.api_key[0]}"} if settings.api_key else {}
+        self._client = httpx.AsyncClient(timeout=CHECK_TIMEOUT_S, headers=auth)
         self._monitor: asyncio.Task | None = None
         self.on_all_failed: Callable[[], None] | None = None  # every worker failed at startup
         self._starter: asyncio.Task | None = None
@@ -287,9 +292,16 @@ class WorkerPool:
             if now - (w.healthy_since or now) > STABLE_AFTER_S:
                 w.backoff = BACKOFF_START_S
             return
-        if ready is False:  # answered 503: loading, draining, or its model failed to load
+        if ready is False:  # answered 503: loading, draining, its model failed to load, or stalled
             w.check_failures = 0
             w.last_ok = now
+            if body.get("status") == "stalled":  # its scheduler thread died or hangs: restart it
+                log.error("worker's scheduler stalled: killing it", worker=w.index, pid=w.pid, error=body.get("error"))
+                w.status = "unhealthy"
+                w.healthy_since = None
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                return
             if body.get("status") == "error" and w.load_error is None:
                 w.load_error = str(body.get("error") or "model load failed")
                 log.error("worker failed to load its model", worker=w.index, error=w.load_error)

@@ -29,7 +29,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
-from dserve.sampling import make_generator
+from dserve.sampling import make_generator, request_seed
 from dserve.sequence import Sequence
 from dserve_dream.params import DreamParams
 from dserve_dream.rules import ENTROPY, MARGIN, sample
@@ -69,7 +69,7 @@ class DreamRunner(AlgorithmRunner):
         steps = p.total_steps(seq.gen_length)
         return _State(
             canvas=canvas,
-            generator=make_generator(seq.seed, device),
+            generator=make_generator(request_seed(seq.seed, p.temperature), device),
             timesteps=torch.linspace(1, p.eps, steps + 1, dtype=torch.float32),
             steps=steps,
             masked=seq.gen_length,

@@ -30,7 +30,7 @@ import torch
 
 from dserve.batch import Row, to_device
 from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
-from dserve.sampling import make_generator, split_steps
+from dserve.sampling import make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.params import APDParams
@@ -68,7 +68,7 @@ class BasicRunner(AlgorithmRunner):
         canvas = self.new_canvas(seq)
         return _State(
             canvas=canvas,
-            generator=make_generator(seq.seed, device),
+            generator=make_generator(request_seed(seq.seed, p.temperature), device),
             prompt_len=seq.prompt_len,
             block_length=p.block_length,
             num_blocks=seq.gen_length // p.block_length,

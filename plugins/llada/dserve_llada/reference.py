@@ -23,7 +23,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
-from dserve.sampling import gumbel_argmax, make_generator, split_steps
+from dserve.sampling import gumbel_argmax, make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
 from dserve_llada.params import ReferenceParams
 
@@ -48,7 +48,7 @@ class ReferenceRunner(AlgorithmRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         canvas = self.new_canvas(seq)
-        return _State(canvas, make_generator(seq.seed, device), seq.params.steps_per_block(seq.gen_length))
+        return _State(canvas, make_generator(request_seed(seq.seed, seq.params.temperature), device), seq.params.steps_per_block(seq.gen_length))
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
