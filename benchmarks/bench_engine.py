@@ -25,9 +25,9 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -46,8 +46,8 @@ def shape_dir(shape: str) -> Path:
 def build_model(shape: str, device: str):
     """Random bf16 weights in the shape, through the model family's own loader (as
     `dserve --load-format dummy` does). Returns (model, config dict)."""
-    from dserve.plugins import get_registry
     from dserve.loader import load_model
+    from dserve.plugins import get_registry
 
     path = shape_dir(shape)
     model, _ = load_model(path, get_registry(), dtype="bfloat16", device=device, load_format="dummy")
@@ -100,10 +100,9 @@ def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], 
 
 
 def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
+    from dserve.loader import model_for_runner
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
-
-    from dserve.loader import model_for_runner
 
     params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
     runner_cls = alg.load_runner()
@@ -175,15 +174,26 @@ class PublishedLoops:
                 self.dinfer = PublishedDInfer(self.root / "dinfer_src" / "python", self.our_model, self.shape)
             return self.dinfer.loop(name, prompts, gen, block)
         x = torch.tensor(prompts, device=self.model.device)
-        fn = {"llada/generate": self.llada.generate, "fastdllm/generate": self.fastdllm.generate,
-              "fastdllm/prefix_cache": self.fastdllm.generate_with_prefix_cache,
-              "fastdllm/dual_cache": self.fastdllm.generate_with_dual_cache}[name]
+        fn = {
+            "llada/generate": self.llada.generate,
+            "fastdllm/generate": self.fastdllm.generate,
+            "fastdllm/prefix_cache": self.fastdllm.generate_with_prefix_cache,
+            "fastdllm/dual_cache": self.fastdllm.generate_with_dual_cache,
+        }[name]
 
         def run() -> int:
             self.forwards = 0
             with torch.inference_mode():
-                fn(self.model, x, steps=gen // k, gen_length=gen, block_length=block, temperature=0.0,
-                   remasking="low_confidence", mask_id=self.mask_id)
+                fn(
+                    self.model,
+                    x,
+                    steps=gen // k,
+                    gen_length=gen,
+                    block_length=block,
+                    temperature=0.0,
+                    remasking="low_confidence",
+                    mask_id=self.mask_id,
+                )
             return self.forwards
 
         return run
@@ -191,10 +201,24 @@ class PublishedLoops:
 
 def _published_llada_config(shape: dict) -> dict:
     """The published LLaDA config keys for a shape (LLaDA-8B's fixed choices filled in)."""
-    return dict(shape, architectures=["LLaDAModelLM"], activation_type="silu", block_type="llama", rope=True,
-                rope_full_precision=True, layer_norm_type="rms", rms_norm_eps=1e-5, weight_tying=False,
-                include_bias=False, include_qkv_bias=False, attention_dropout=0.0, residual_dropout=0.0,
-                embedding_dropout=0.0, init_device="meta", pad_token_id=shape["eos_token_id"])
+    return dict(
+        shape,
+        architectures=["LLaDAModelLM"],
+        activation_type="silu",
+        block_type="llama",
+        rope=True,
+        rope_full_precision=True,
+        layer_norm_type="rms",
+        rms_norm_eps=1e-5,
+        weight_tying=False,
+        include_bias=False,
+        include_qkv_bias=False,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
+        init_device="meta",
+        pad_token_id=shape["eos_token_id"],
+    )
 
 
 class PublishedDInfer:
@@ -242,8 +266,14 @@ class PublishedDInfer:
         d = self.decoding
         manager, extra = self.LOOPS[name]
         decoder = d.ThresholdParallelDecoder(temperature=0, threshold=0.9, mask_id=self.mask_id, eos_id=self.eos_id)
-        dllm = getattr(d, manager)(self.model, decoder, d.BlockIteratorFactory(start_block_align=True),
-                                   cache_factory=d.KVCacheFactory("dual"), early_stop=False, **extra)
+        dllm = getattr(d, manager)(
+            self.model,
+            decoder,
+            d.BlockIteratorFactory(start_block_align=True),
+            cache_factory=d.KVCacheFactory("dual"),
+            early_stop=False,
+            **extra,
+        )
         x = torch.tensor(prompts, device=self.model.device)
 
         def run() -> int:
@@ -263,16 +293,30 @@ def format_table(cells: list[Cell]) -> str:
     rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "steps", "peak GiB", "note")]
     for c in cells:
         f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
-        rows.append((c.algorithm, str(c.batch), str(c.tokens_per_step), f(c.tokens_per_s, ".1f"), f(c.ms_per_step, ".2f"),
-                     f(c.steps, "d"), f(c.peak_memory_gib, ".1f"), c.note))
+        rows.append(
+            (
+                c.algorithm,
+                str(c.batch),
+                str(c.tokens_per_step),
+                f(c.tokens_per_s, ".1f"),
+                f(c.ms_per_step, ".2f"),
+                f(c.steps, "d"),
+                f(c.peak_memory_gib, ".1f"),
+                c.note,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="llada-8b", help="a directory under benchmarks/shapes (llada-8b, "
-                   "nemotron-labs-diffusion-8b, dream-7b, llada-small) or any directory with a config.json")
+    p.add_argument(
+        "--shape",
+        default="llada-8b",
+        help="a directory under benchmarks/shapes (llada-8b, "
+        "nemotron-labs-diffusion-8b, dream-7b, llada-small) or any directory with a config.json",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 4])
     p.add_argument("--prompt", type=int, default=128)
@@ -280,8 +324,12 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, default=32)
     p.add_argument("--algorithms", nargs="*", help="engine/algorithm names to time (default: all registered)")
     p.add_argument("--published-dir", type=Path, help="published code to time as the baseline (never committed)")
-    p.add_argument("--published", nargs="*", default=PUBLISHED, help="which published loops to time: "
-                   f"{', '.join(PUBLISHED)}, and (not by default) {', '.join(PublishedDInfer.LOOPS)}")
+    p.add_argument(
+        "--published",
+        nargs="*",
+        default=PUBLISHED,
+        help=f"which published loops to time: {', '.join(PUBLISHED)}, and (not by default) {', '.join(PublishedDInfer.LOOPS)}",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
@@ -300,20 +348,28 @@ def main(argv=None) -> int:
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
-        (e, a) for e in registry.engines.values() for a in e.algorithms
+        (e, a)
+        for e in registry.engines.values()
+        for a in e.algorithms
         if a.requires <= caps and (not args.algorithms or f"{e.name}/{a.name}" in args.algorithms)
     ]
     published = PublishedLoops(args.published_dir, model, shape) if args.published_dir else None
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''} on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
-          flush=True)
+    print(
+        f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''} on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
+        flush=True,
+    )
     cells = []
     for batch in args.batch:
         prompts = random_prompts(model, batch, args.prompt)
         for k in args.tokens_per_step:
             for engine, alg in algorithms:
-                cell = measure(Cell(f"{engine.name}/{alg.name}", batch, k), ours(model, engine, alg, prompts, args.gen, args.block, k), args.gen)
+                cell = measure(
+                    Cell(f"{engine.name}/{alg.name}", batch, k),
+                    ours(model, engine, alg, prompts, args.gen, args.block, k),
+                    args.gen,
+                )
                 cells.append(cell)
                 print(format_table([cell]).splitlines()[1], flush=True)
             if published is not None:
@@ -321,18 +377,36 @@ def main(argv=None) -> int:
                     # the LLaDA/Fast-dLLM loops capture and compile nothing, so one block warms their
                     # kernels up (a full run would double a batch-32 cell's minutes); dInfer's code
                     # torch.compiles per shape, so it warms up on the full run like ours
-                    warm_up = (None if name.startswith("dinfer/")
-                               else published.loop(name, prompts, args.block, args.block, min(k, args.block)))
-                    cell = measure(Cell(f"published {name}", batch, k), published.loop(name, prompts, args.gen, args.block, k),
-                                   args.gen, warm_up)
+                    warm_up = (
+                        None
+                        if name.startswith("dinfer/")
+                        else published.loop(name, prompts, args.block, args.block, min(k, args.block))
+                    )
+                    cell = measure(
+                        Cell(f"published {name}", batch, k),
+                        published.loop(name, prompts, args.gen, args.block, k),
+                        args.gen,
+                        warm_up,
+                    )
                     cells.append(cell)
                     print(format_table([cell]).splitlines()[1], flush=True)
     print()
     print(format_table(cells))
     if args.json:
-        args.json.write_text(json.dumps({"shape": args.shape, "device": device_name, "torch": torch.__version__,
-                                         "prompt": args.prompt, "gen": args.gen, "block": args.block,
-                                         "cells": [asdict(c) for c in cells]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "shape": args.shape,
+                    "device": device_name,
+                    "torch": torch.__version__,
+                    "prompt": args.prompt,
+                    "gen": args.gen,
+                    "block": args.block,
+                    "cells": [asdict(c) for c in cells],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -36,8 +36,9 @@ def int4_round_trip(weight: torch.Tensor) -> torch.Tensor:
 
     w = weight.to(torch.bfloat16)
     block = (1, GROUP)
-    scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15,
-                                                  scale_dtype=torch.bfloat16, zero_point_dtype=torch.bfloat16)
+    scale, zero = _choose_qparams_affine_tinygemm(
+        w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, scale_dtype=torch.bfloat16, zero_point_dtype=torch.bfloat16
+    )
     q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
     return _dequantize_affine_tinygemm(q, block, scale, zero, torch.int32, 0, 15, output_dtype=torch.bfloat16).to(weight.dtype)
 
@@ -45,8 +46,8 @@ def int4_round_trip(weight: torch.Tensor) -> torch.Tensor:
 def linear_weight_names(src: Path) -> set[str]:
     """The checkpoint names of the weights `quantize_weights` would quantize (every nn.Linear of
     the model as dserve loads it, projections unfused)."""
-    from dserve.plugins import get_registry
     from dserve.loader import load_model
+    from dserve.plugins import get_registry
 
     model, _ = load_model(src, get_registry(), dtype="float32", device="cpu")
     if hasattr(model, "unfuse_projections"):

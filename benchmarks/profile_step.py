@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from dserve.plugins import get_registry
+
     model, _ = build_model(args.shape, "cuda")
     registry = get_registry()
     canvas = args.prompt + args.gen
@@ -92,12 +93,21 @@ def main(argv=None) -> int:
                 events = prof.key_averages()
                 busy_us = sum(_device_time(e) for e in events if e.device_type.name == "CUDA")
                 wall_ms, busy_ms = 1000 * wall / steps, busy_us / 1000 / steps
-                cell = {"algorithm": full, "batch": batch, "tokens_per_step": k, "steps": steps,
-                        "wall_ms_per_step": wall_ms, "gpu_busy_ms_per_step": busy_ms,
-                        "profiled_tok_s": batch * args.gen / wall}
+                cell = {
+                    "algorithm": full,
+                    "batch": batch,
+                    "tokens_per_step": k,
+                    "steps": steps,
+                    "wall_ms_per_step": wall_ms,
+                    "gpu_busy_ms_per_step": busy_ms,
+                    "profiled_tok_s": batch * args.gen / wall,
+                }
                 report["cells"].append(cell)
-                print(f"\n== {full} B{batch} k{k}: {steps} steps, wall {wall_ms:.2f} ms/step (profiled), "
-                      f"GPU busy {busy_ms:.2f} ms/step, GPU idle {wall_ms - busy_ms:.2f} ms/step", flush=True)
+                print(
+                    f"\n== {full} B{batch} k{k}: {steps} steps, wall {wall_ms:.2f} ms/step (profiled), "
+                    f"GPU busy {busy_ms:.2f} ms/step, GPU idle {wall_ms - busy_ms:.2f} ms/step",
+                    flush=True,
+                )
                 print(events.table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=60))
                 print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
     if args.json:

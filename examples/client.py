@@ -1,7 +1,7 @@
 """dserve from the official OpenAI client: chat, streaming, and diffusion parameters.
 
-    dserve                      # in another terminal: serves the embedded tiny model
-    python examples/client.py   # or: python examples/client.py --url http://host:8000/v1
+dserve                      # in another terminal: serves the embedded tiny model
+python examples/client.py   # or: python examples/client.py --url http://host:8000/v1
 """
 
 import argparse

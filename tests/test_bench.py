@@ -11,12 +11,11 @@ import time
 
 import pytest
 import uvicorn
+from dserve_ops import bench
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
-
-from dserve_ops import bench
 
 TOKEN_DELAY_S = 0.002
 FIRST_TOKEN_DELAY_S = 0.02
@@ -31,11 +30,13 @@ class FakeOpenAIServer:
         self.send_usage = True
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
-        self.app = Starlette(routes=[
-            Route("/v1/models", self.models),
-            Route("/v1/chat/completions", self.complete, methods=["POST"]),
-            Route("/v1/completions", self.complete, methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models),
+                Route("/v1/chat/completions", self.complete, methods=["POST"]),
+                Route("/v1/completions", self.complete, methods=["POST"]),
+            ]
+        )
 
     async def models(self, request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "fake-diffusion", "object": "model"}]})
@@ -66,7 +67,7 @@ class FakeOpenAIServer:
             yield f"data: {json.dumps({'choices': [choice('')]})}\n\n"  # role-only chunk, no content
             for start in range(0, len(text), TOKENS_PER_CHUNK):
                 await asyncio.sleep(TOKEN_DELAY_S * TOKENS_PER_CHUNK)
-                content = "".join(text[start:start + TOKENS_PER_CHUNK])
+                content = "".join(text[start : start + TOKENS_PER_CHUNK])
                 yield f"data: {json.dumps({'choices': [choice(content)]})}\n\n"
             if self.send_usage and body.get("stream_options", {}).get("include_usage"):
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
@@ -128,8 +129,19 @@ def test_streaming_chat_reports_counts_rates_and_percentiles(server, tmp_path, c
     server.fail_every = 5
     output = tmp_path / "results.json"
     args = parse_cli(
-        "--url", server.url, "--requests", "20", "--concurrency", "4", "--max-tokens", "8",
-        "--prompt-len", "12", "--output", str(output), "--no-progress",
+        "--url",
+        server.url,
+        "--requests",
+        "20",
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "8",
+        "--prompt-len",
+        "12",
+        "--output",
+        str(output),
+        "--no-progress",
     )
 
     assert bench.main(args) == 0
@@ -181,8 +193,13 @@ def test_every_request_failing_exits_1_naming_the_reason(server, capsys):
 
 def test_request_rate_mode_sends_every_request(server):
     config = bench.BenchConfig(
-        url=server.url + "/v1/", endpoint="completions", num_requests=15, concurrency=None,
-        request_rate=100.0, max_tokens=4, seed=3,
+        url=server.url + "/v1/",
+        endpoint="completions",
+        num_requests=15,
+        concurrency=None,
+        request_rate=100.0,
+        max_tokens=4,
+        seed=3,
     )
 
     result = asyncio.run(bench.run_benchmark(config))
@@ -220,11 +237,37 @@ def test_request_body_carries_diffusion_parameters_and_api_key(server, tmp_path,
     monkeypatch.setenv("DSERVE_API_KEY", "secret-key")
     output = tmp_path / "results.json"
     args = parse_cli(
-        "--url", server.url, "--model", "my-model", "--requests", "2", "--concurrency", "1",
-        "--max-tokens", "4", "--temperature", "0", "--steps", "16", "--block-length", "8",
-        "--threshold", "0.9", "--engine", "fast", "--algorithm", "low_confidence",
-        "--param", "top_k=5", "--param", "remasking=random", "--param", 'stop=["\\n"]',
-        "--output", str(output), "--no-progress",
+        "--url",
+        server.url,
+        "--model",
+        "my-model",
+        "--requests",
+        "2",
+        "--concurrency",
+        "1",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--steps",
+        "16",
+        "--block-length",
+        "8",
+        "--threshold",
+        "0.9",
+        "--engine",
+        "fast",
+        "--algorithm",
+        "low_confidence",
+        "--param",
+        "top_k=5",
+        "--param",
+        "remasking=random",
+        "--param",
+        'stop=["\\n"]',
+        "--output",
+        str(output),
+        "--no-progress",
     )
 
     assert bench.main(args) == 0
@@ -233,7 +276,11 @@ def test_request_body_carries_diffusion_parameters_and_api_key(server, tmp_path,
     assert body["model"] == "my-model"
     assert body["stream_options"] == {"include_usage": True}
     assert {k: body[k] for k in ("temperature", "steps", "block_length", "threshold", "engine")} == {
-        "temperature": 0.0, "steps": 16, "block_length": 8, "threshold": 0.9, "engine": "fast",
+        "temperature": 0.0,
+        "steps": 16,
+        "block_length": 8,
+        "threshold": 0.9,
+        "engine": "fast",
     }
     assert body["generation_algorithm"] == "low_confidence"
     assert body["top_k"] == 5 and body["remasking"] == "random" and body["stop"] == ["\n"]
@@ -246,9 +293,7 @@ def test_prompts_file_is_cycled(server, tmp_path):
     conversation = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     lines = [json.dumps({"prompt": "hello there"}), "", json.dumps({"messages": conversation})]
     prompts.write_text("\n".join(lines) + "\n")
-    config = bench.BenchConfig(
-        url=server.url, num_requests=3, concurrency=1, max_tokens=2, prompts_file=str(prompts)
-    )
+    config = bench.BenchConfig(url=server.url, num_requests=3, concurrency=1, max_tokens=2, prompts_file=str(prompts))
 
     asyncio.run(bench.run_benchmark(config))
 
@@ -267,9 +312,7 @@ def test_unreachable_server_fails_requests_not_the_run(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
-    config = bench.BenchConfig(
-        url=f"http://127.0.0.1:{closed_port}", model="m", num_requests=3, concurrency=2
-    )
+    config = bench.BenchConfig(url=f"http://127.0.0.1:{closed_port}", model="m", num_requests=3, concurrency=2)
 
     result = asyncio.run(bench.run_benchmark(config))
 

@@ -318,10 +318,18 @@ def test_dockerfile_install_step_and_healthcheck(tmp_path):
     plugins = [f"./plugins/{Path(p).name}/" for p in plugins]
     inst = subprocess.run(
         [str(py), "-m", "pip", "install", "-q", ".", *plugins],
-        cwd=ctx, capture_output=True, text=True, timeout=900,
+        cwd=ctx,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert inst.returncode == 0, inst.stderr[-3000:]
-    where = subprocess.run([str(py), "-c", "import dserve, dserve_llada; print(dserve.__file__); print(dserve_llada.EMBEDDED_MODEL_DIR)"], capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [str(py), "-c", "import dserve, dserve_llada; print(dserve.__file__); print(dserve_llada.EMBEDDED_MODEL_DIR)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert str(venv) in where.stdout.splitlines()[0], where.stdout  # the installed copy, not the work tree
     listing = subprocess.run([str(venv / "bin" / "dserve"), "plugins"], capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0 and "llada" in listing.stdout, listing.stderr
@@ -335,7 +343,9 @@ def test_dockerfile_install_step_and_healthcheck(tmp_path):
         env["DSERVE_MODEL"] = os.environ["DSERVE_TEST_MODEL"]
     (healthcheck,) = [rest for w, rest in dockerfile_instructions(DEPLOY / "Dockerfile.cpu") if w == "HEALTHCHECK"]
     check_cmd = healthcheck.split(" CMD ", 1)[1].replace("python ", f"{py} ", 1)
-    proc = subprocess.Popen([str(venv / "bin" / "dserve"), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "dserve"), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while subprocess.run(check_cmd, shell=True, env=env, capture_output=True).returncode != 0:

@@ -166,16 +166,18 @@ def test_send_openai_error_raw_asgi():
     async def send(m):
         sent.append(m)
 
-    asyncio.run(send_openai_error(send, 429, "slow down", "rate_limit_error", "rate_limit_exceeded",
-                                  headers=[("Retry-After", "3"), (b"x-a", b"b")]))
+    asyncio.run(
+        send_openai_error(
+            send, 429, "slow down", "rate_limit_error", "rate_limit_exceeded", headers=[("Retry-After", "3"), (b"x-a", b"b")]
+        )
+    )
     start, body = sent
     assert start["status"] == 429
     headers = dict(start["headers"])
     assert headers[b"retry-after"] == b"3" and headers[b"x-a"] == b"b"
     assert headers[b"content-length"] == str(len(body["body"])).encode()
     assert json.loads(body["body"]) == {
-        "error": {"message": "slow down", "type": "rate_limit_error", "param": None,
-                  "code": "rate_limit_exceeded"}
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}
     }
     assert body["more_body"] is False
 
@@ -379,8 +381,7 @@ def test_rate_limit_memory_bounded():
 
 
 def body_app(max_bytes=10, extra_routes=()) -> TestClient:
-    return TestClient(make_app(Middleware(BodySizeLimitMiddleware, max_bytes=max_bytes),
-                               extra_routes=extra_routes))
+    return TestClient(make_app(Middleware(BodySizeLimitMiddleware, max_bytes=max_bytes), extra_routes=extra_routes))
 
 
 def test_body_limit_content_length():
@@ -397,9 +398,13 @@ def test_body_limit_content_length_rejected_before_app_runs():
     async def app(scope, receive, send):
         called.append(scope)
 
-    sent = asyncio.run(run_asgi(BodySizeLimitMiddleware(app, 5),
-                                http_scope(headers=[("content-length", "6")]),
-                                [{"type": "http.request", "body": b"123456"}]))
+    sent = asyncio.run(
+        run_asgi(
+            BodySizeLimitMiddleware(app, 5),
+            http_scope(headers=[("content-length", "6")]),
+            [{"type": "http.request", "body": b"123456"}],
+        )
+    )
     assert not called
     assert sent[0]["status"] == 413
 
@@ -482,8 +487,11 @@ def access_app(*extra: Middleware) -> TestClient:
 def test_access_log_fields_and_no_body():
     client = access_app()
     with capture_logs() as logs:
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": SECRET_PROMPT}]},
-                        headers={"X-Request-Id": "rid-1"})
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": SECRET_PROMPT}]},
+            headers={"X-Request-Id": "rid-1"},
+        )
     assert r.status_code == 200
     assert len(logs) == 1
     event = logs[0]
@@ -562,11 +570,14 @@ def test_access_log_custom_logger_and_passthrough():
     async def inner(scope, receive, send):
         lifespan_seen.append(scope["type"])
 
-    for cls, kw in [(AccessLogMiddleware, {}), (RequestIdMiddleware, {}),
-                    (ApiKeyMiddleware, {"api_keys": ["k"]}),
-                    (RateLimitMiddleware, {"requests_per_minute": 1}),
-                    (BodySizeLimitMiddleware, {"max_bytes": 0}),
-                    (MetricsMiddleware, {"metrics": Metrics()})]:
+    for cls, kw in [
+        (AccessLogMiddleware, {}),
+        (RequestIdMiddleware, {}),
+        (ApiKeyMiddleware, {"api_keys": ["k"]}),
+        (RateLimitMiddleware, {"requests_per_minute": 1}),
+        (BodySizeLimitMiddleware, {"max_bytes": 0}),
+        (MetricsMiddleware, {"metrics": Metrics()}),
+    ]:
         asyncio.run(cls(inner, **kw)({"type": "lifespan"}, None, None))
     assert lifespan_seen == ["lifespan"] * 6
 
@@ -590,8 +601,9 @@ METRIC_NAMES = [
 
 
 def metrics_client(metrics: Metrics, *extra: Middleware) -> TestClient:
-    return TestClient(make_app(Middleware(MetricsMiddleware, metrics=metrics), *extra,
-                               extra_routes=[Route("/metrics", metrics.endpoint)]))
+    return TestClient(
+        make_app(Middleware(MetricsMiddleware, metrics=metrics), *extra, extra_routes=[Route("/metrics", metrics.endpoint)])
+    )
 
 
 def test_metrics_endpoint_names_and_content_type():
@@ -606,8 +618,7 @@ def test_metrics_endpoint_names_and_content_type():
 
 def test_metrics_request_counters():
     metrics = Metrics()
-    client = metrics_client(metrics, Middleware(ApiKeyMiddleware, api_keys=["k"],
-                                                exempt_paths={"/metrics", "/v1/ok", "/v1/bad"}))
+    client = metrics_client(metrics, Middleware(ApiKeyMiddleware, api_keys=["k"], exempt_paths={"/metrics", "/v1/ok", "/v1/bad"}))
     for _ in range(2):
         client.get("/v1/ok")
     client.get("/v1/bad")
@@ -678,8 +689,10 @@ def test_metrics_endpoint_from_app_state():
 
 
 def test_metrics_module_does_not_import_torch():
-    code = ("import sys, dserve.middleware, dserve.middleware.metrics as m; "
-            "assert 'torch' not in sys.modules; assert m.torch_gpu_memory_used() == 0.0")
+    code = (
+        "import sys, dserve.middleware, dserve.middleware.metrics as m; "
+        "assert 'torch' not in sys.modules; assert m.torch_gpu_memory_used() == 0.0"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -689,22 +702,38 @@ def test_metrics_module_does_not_import_torch():
 
 def test_build_middleware_order_and_switches():
     metrics = Metrics()
-    stack = build_middleware(api_keys=["k"], rate_limit_requests=10, max_body_bytes=100,
-                             cors_origins=["https://ui.example"], metrics=metrics,
-                             metrics_require_key=False, access_log=True)
+    stack = build_middleware(
+        api_keys=["k"],
+        rate_limit_requests=10,
+        max_body_bytes=100,
+        cors_origins=["https://ui.example"],
+        metrics=metrics,
+        metrics_require_key=False,
+        access_log=True,
+    )
     names = [m.cls.__name__ for m in stack]
-    assert names == ["RequestIdMiddleware", "AccessLogMiddleware", "MetricsMiddleware",
-                     "CORSMiddleware", "BodySizeLimitMiddleware", "ApiKeyMiddleware",
-                     "RateLimitMiddleware"]
+    assert names == [
+        "RequestIdMiddleware",
+        "AccessLogMiddleware",
+        "MetricsMiddleware",
+        "CORSMiddleware",
+        "BodySizeLimitMiddleware",
+        "ApiKeyMiddleware",
+        "RateLimitMiddleware",
+    ]
     assert [m.cls.__name__ for m in build_middleware(access_log=False)] == ["RequestIdMiddleware"]
-    assert [m.cls.__name__ for m in build_middleware()] == ["RequestIdMiddleware",
-                                                            "AccessLogMiddleware"]
+    assert [m.cls.__name__ for m in build_middleware()] == ["RequestIdMiddleware", "AccessLogMiddleware"]
 
 
 def full_app(metrics: Metrics, require_key: bool, rpm: int = 2) -> TestClient:
-    stack = build_middleware(api_keys=["k"], rate_limit_requests=rpm, max_body_bytes=100,
-                             cors_origins=["https://ui.example"], metrics=metrics,
-                             metrics_require_key=require_key)
+    stack = build_middleware(
+        api_keys=["k"],
+        rate_limit_requests=rpm,
+        max_body_bytes=100,
+        cors_origins=["https://ui.example"],
+        metrics=metrics,
+        metrics_require_key=require_key,
+    )
     app = Starlette(routes=ROUTES + [Route("/metrics", metrics.endpoint)], middleware=stack)
     return TestClient(app)
 
@@ -715,9 +744,14 @@ def test_build_middleware_stack_behaviour():
     origin = {"Origin": "https://ui.example"}
 
     # CORS preflight is answered without a key (CORS sits outside auth)
-    pre = client.options("/v1/chat/completions", headers={
-        **origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    pre = client.options(
+        "/v1/chat/completions",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "https://ui.example"
 
@@ -762,8 +796,10 @@ def test_metrics_endpoint_label_inside_mount():
     metrics = Metrics()
     app = Starlette(
         routes=[Mount("/v1/jobs", routes=[Route("/{id}", ok)]), Route("/metrics", metrics.endpoint)],
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics),
-                    Middleware(ApiKeyMiddleware, api_keys=["k"], exempt_paths={"/metrics"})],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(ApiKeyMiddleware, api_keys=["k"], exempt_paths={"/metrics"}),
+        ],
     )
     client = TestClient(app)
     client.get("/v1/jobs/1", headers={"Authorization": "Bearer k"})

@@ -8,7 +8,6 @@ import json
 
 import httpx
 import pytest
-
 from dserve_ops.evaluation import tasks
 from dserve_ops.evaluation.tasks import (
     KINDS,
@@ -225,14 +224,34 @@ def test_harness_arguments():
 
 
 ALGORITHMS = [  # entries of GET /generation/algorithms, cut to what the harness reads
-    {"engine": "llada", "engine_aliases": [], "algorithm": "reference", "default": True,
-     "parameters": {"steps": {"default": None}}},
-    {"engine": "fastdllm", "engine_aliases": ["fast-dllm"], "algorithm": "dual_cache", "default": False,
-     "parameters": {"threshold": {"default": None}}},
-    {"engine": "dinfer", "engine_aliases": [], "algorithm": "dinfer_blockwise", "default": False,
-     "parameters": {"threshold": {"default": 0.9}}},
-    {"engine": "nemotron", "engine_aliases": [], "algorithm": "linear_spec", "default": False,
-     "parameters": {"threshold": {"default": 0.0}}},
+    {
+        "engine": "llada",
+        "engine_aliases": [],
+        "algorithm": "reference",
+        "default": True,
+        "parameters": {"steps": {"default": None}},
+    },
+    {
+        "engine": "fastdllm",
+        "engine_aliases": ["fast-dllm"],
+        "algorithm": "dual_cache",
+        "default": False,
+        "parameters": {"threshold": {"default": None}},
+    },
+    {
+        "engine": "dinfer",
+        "engine_aliases": [],
+        "algorithm": "dinfer_blockwise",
+        "default": False,
+        "parameters": {"threshold": {"default": 0.9}},
+    },
+    {
+        "engine": "nemotron",
+        "engine_aliases": [],
+        "algorithm": "linear_spec",
+        "default": False,
+        "parameters": {"threshold": {"default": 0.0}},
+    },
 ]
 
 

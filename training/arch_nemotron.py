@@ -38,7 +38,13 @@ if str(_PLUGIN) not in sys.path:
     sys.path.insert(0, str(_PLUGIN))
 
 BOS, EOS, INST, END_INST, SYS, END_SYS, MASK = (
-    "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<mask>"
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "<mask>",
 )
 SPECIAL_TOKENS = (BOS, EOS, INST, END_INST, SYS, END_SYS, MASK)  # ids 256..262
 CHAT_TEMPLATE = (

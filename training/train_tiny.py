@@ -29,9 +29,10 @@ import random
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 for _p in (REPO / "core", REPO / "plugins" / "llada", REPO / "plugins" / "dream", REPO / "training"):
@@ -43,7 +44,6 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from dserve_ops.evaluation.tasks import (  # noqa: E402
     EVAL_GEN_LENGTH,
     KINDS,
@@ -173,8 +173,7 @@ def load_tokenizer(path: Path):
 def prompt_ids(tok, prompts: list[str]) -> list[list[int]]:
     """Exactly how the server tokenizes a chat request (dserve.modeling.tokenizer.chat_prompt_ids)."""
     texts = [
-        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts
     ]
     return tok(texts, add_special_tokens=False)["input_ids"]
 
@@ -291,13 +290,26 @@ ARCHS: dict[str, Arch] = {
 
 import arch_dream  # noqa: E402  (Dream: shifted logits, ChatML; training/arch_dream.py)
 
-ARCHS["dream"] = Arch(arch_dream.config, arch_dream.build, arch_dream.runner, arch_dream.eval_params,
-                      chat=ChatFormat(**arch_dream.CHAT), load=arch_dream.load)
+ARCHS["dream"] = Arch(
+    arch_dream.config,
+    arch_dream.build,
+    arch_dream.runner,
+    arch_dream.eval_params,
+    chat=ChatFormat(**arch_dream.CHAT),
+    load=arch_dream.load,
+)
 
 import arch_nemotron  # noqa: E402  (block-causal Nemotron-Labs format; training/arch_nemotron.py)
 
-ARCHS["nemotron"] = Arch(arch_nemotron.config, arch_nemotron.build, arch_nemotron.runner, arch_nemotron.eval_params,
-                         chat=arch_nemotron.chat_format(ChatFormat), load=arch_nemotron.load, loss=arch_nemotron.loss)
+ARCHS["nemotron"] = Arch(
+    arch_nemotron.config,
+    arch_nemotron.build,
+    arch_nemotron.runner,
+    arch_nemotron.eval_params,
+    chat=arch_nemotron.chat_format(ChatFormat),
+    load=arch_nemotron.load,
+    loss=arch_nemotron.loss,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,8 +325,16 @@ class Batcher:
     so right padding (hidden from attention, no loss) wastes little compute.
     """
 
-    def __init__(self, tok, seed: int, batch_size: int, max_response: int, pool: int = 8, chat: ChatFormat = LLADA_CHAT,
-                 kinds: list[str] | None = None):
+    def __init__(
+        self,
+        tok,
+        seed: int,
+        batch_size: int,
+        max_response: int,
+        pool: int = 8,
+        chat: ChatFormat = LLADA_CHAT,
+        kinds: list[str] | None = None,
+    ):
         self.tok, self.batch_size, self.max_response, self.pool = tok, batch_size, max_response, pool
         self.examples = iter_examples(seed, "train", kinds)  # a kind listed twice is drawn twice as often
         self.rng = random.Random(f"batcher:{seed}")
@@ -488,7 +508,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("llada-tiny-instruct"), help="checkpoint directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=6000, help="optimizer steps (sets the LR schedule)")
-    ap.add_argument("--stop-after", type=int, default=0, help="stop after this many steps without changing the schedule (0: --steps)")
+    ap.add_argument(
+        "--stop-after", type=int, default=0, help="stop after this many steps without changing the schedule (0: --steps)"
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -508,8 +530,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tar", type=Path, default=None, help="also write the checkpoint as this .tar.gz (remote runs)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out (no training)")
-    ap.add_argument("--kinds", default=None,
-                    help="comma-separated task kinds to train on; repeat a kind to weight it (default: all, uniform)")
+    ap.add_argument(
+        "--kinds", default=None, help="comma-separated task kinds to train on; repeat a kind to weight it (default: all, uniform)"
+    )
     ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights (same config)")
     return ap.parse_args(argv)
 
@@ -525,8 +548,9 @@ def final_evaluation(arch: Arch, model, tok, args) -> dict:
     again = evaluate(arch, model, tok, sub, gen_length, 7)
     same = sum(a == b for a, b in zip(res["canvases"], again["canvases"]))
     print(f"determinism: {same}/{len(sub)} identical canvases on a rerun with batch size 7", flush=True)
-    train_res = evaluate(arch, model, tok, generate_examples(140, seed=args.eval_seed, split="train"), gen_length,
-                         args.eval_batch_size)
+    train_res = evaluate(
+        arch, model, tok, generate_examples(140, seed=args.eval_seed, split="train"), gen_length, args.eval_batch_size
+    )
     print(f"train split sample: {_fmt(train_res)}", flush=True)
     report = {"heldout": {k: v for k, v in res.items() if k != "canvases"}}
     report["heldout"]["eval_seed"] = args.eval_seed
@@ -569,10 +593,22 @@ def main(argv=None) -> int:
         print(f"initialised from {args.init_from}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     mask_id = config["mask_token_id"]
-    print(f"arch={args.arch} params={n_params:,} ({n_params * 4 / 1e6:.1f} MB fp32) device={device} "
-          f"torch={torch.__version__} vocab={config['vocab_size']}", flush=True)
-    sizes = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "hidden_size", "num_hidden_layers",
-             "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    print(
+        f"arch={args.arch} params={n_params:,} ({n_params * 4 / 1e6:.1f} MB fp32) device={device} "
+        f"torch={torch.__version__} vocab={config['vocab_size']}",
+        flush=True,
+    )
+    sizes = (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "mlp_hidden_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+    )
     print("config:", json.dumps({k: config[k] for k in sizes if k in config}), flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -611,8 +647,11 @@ def main(argv=None) -> int:
             val = loss.item()
             running = val if running is None else 0.9 * running + 0.1 * val
             el = time.time() - t_start
-            print(f"step {step + 1}/{args.steps} loss {val:.4f} (avg {running:.4f}) lr {lr_at(step, args):.2e} "
-                  f"{el:.0f}s {el / (step + 1) * 1000:.0f}ms/step {batcher.tokens / el:.0f} tok/s", flush=True)
+            print(
+                f"step {step + 1}/{args.steps} loss {val:.4f} (avg {running:.4f}) lr {lr_at(step, args):.2e} "
+                f"{el:.0f}s {el / (step + 1) * 1000:.0f}ms/step {batcher.tokens / el:.0f} tok/s",
+                flush=True,
+            )
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
             res = evaluate(arch, model, tok, quick, gen_length, args.eval_batch_size)
@@ -627,8 +666,11 @@ def main(argv=None) -> int:
     train_seconds = time.time() - t_start
     steps_done = step + 1
     print(f"skipped {skipped} non-finite steps", flush=True)
-    print(f"trained {steps_done} steps, {steps_done * args.batch_size:,} examples, {batcher.tokens:,} tokens "
-          f"in {train_seconds:.0f}s", flush=True)
+    print(
+        f"trained {steps_done} steps, {steps_done * args.batch_size:,} examples, {batcher.tokens:,} tokens "
+        f"in {train_seconds:.0f}s",
+        flush=True,
+    )
 
     save_checkpoint(model, config, out, out, None)  # before the evaluation, in case it is cut short
     _tar(out, args.tar)

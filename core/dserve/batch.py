@@ -110,8 +110,13 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
 
     per_row = _upload(
         device,
-        [r.start for r in ordered], widths, [r.reach for r in ordered], [r.key_limit for r in ordered],
-        [int(r.causal) for r in ordered], [a for a, _ in wanted], [b for _, b in wanted],
+        [r.start for r in ordered],
+        widths,
+        [r.reach for r in ordered],
+        [r.key_limit for r in ordered],
+        [int(r.causal) for r in ordered],
+        [a for a, _ in wanted],
+        [b for _, b in wanted],
     )
     starts, lengths, reach, key_limit, causal, want_a, want_b = per_row
     column = torch.arange(T, device=device)

@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dserve import __version__
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The `dserve serve` flags. Each sets the Settings attribute of its dest; its help is that
@@ -125,7 +127,9 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dserve", description="Serve masked-diffusion language models with an OpenAI-compatible API.")
+    parser = argparse.ArgumentParser(
+        prog="dserve", description="Serve masked-diffusion language models with an OpenAI-compatible API."
+    )
     parser.add_argument("--version", action="version", version=f"dserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -181,7 +185,10 @@ def _serve(args: argparse.Namespace) -> int:
     if status is not None:
         return int(status)
     if settings.gpus or settings.gpu_ids or settings.dcp_path or settings.base_model:  # flags only a plugin acts on
-        print("dserve: --gpus, --gpu-ids, --dcp-path and --base-model need the operations wing (dserve_ops), which is not loaded", file=sys.stderr)
+        print(
+            "dserve: --gpus, --gpu-ids, --dcp-path and --base-model need the operations wing (dserve_ops), which is not loaded",
+            file=sys.stderr,
+        )
         return 2
     from dserve.server import serve
 

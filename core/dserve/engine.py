@@ -75,7 +75,7 @@ class AlgorithmRunner(ABC):
     def init_state(self, seq: Sequence) -> object:
         """Build the per-sequence state (canvas, schedule, generator)."""
 
-    def free_state(self, seq: Sequence) -> None:
+    def free_state(self, seq: Sequence) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Free per-sequence device state beyond what garbage collection frees."""
 
     def release_idle_memory(self) -> bool:

@@ -21,8 +21,9 @@ its own (e.g. "not with threshold"), never with other bounds for the same field.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -71,32 +72,52 @@ REMASKING = Literal["low_confidence", "random"]
 # The core's decoding fields, in the order the help and the docs list them.
 CORE_FIELDS: tuple[DecodingField, ...] = (
     DecodingField(
-        "engine", str, "decoding engine, e.g. llada, fastdllm, dinfer (default: the model family's)",
-        bounds={"max_length": 64}, param=False,
+        "engine",
+        str,
+        "decoding engine, e.g. llada, fastdllm, dinfer (default: the model family's)",
+        bounds={"max_length": 64},
+        param=False,
     ),
     DecodingField(
-        "generation_algorithm", str, "algorithm of the engine, e.g. dual_cache (default: the model family's)",
-        bounds={"max_length": 64}, setting="algorithm", flags=("--algorithm",), param=False,
+        "generation_algorithm",
+        str,
+        "algorithm of the engine, e.g. dual_cache (default: the model family's)",
+        bounds={"max_length": 64},
+        setting="algorithm",
+        flags=("--algorithm",),
+        param=False,
     ),
     DecodingField(
-        "steps", int, "denoising steps for the whole generation (default: one token per step)",
-        bounds={"ge": 1, "le": 512}, flags=("--steps", "--diffusion-steps"),
+        "steps",
+        int,
+        "denoising steps for the whole generation (default: one token per step)",
+        bounds={"ge": 1, "le": 512},
+        flags=("--steps", "--diffusion-steps"),
     ),
     DecodingField(
-        "block_length", int, "semi-autoregressive block length (default: the algorithm's)",
-        bounds={"ge": 1, "le": 4096}, flags=("--block-length", "--block-size"),
+        "block_length",
+        int,
+        "semi-autoregressive block length (default: the algorithm's)",
+        bounds={"ge": 1, "le": 4096},
+        flags=("--block-length", "--block-size"),
     ),
     DecodingField("remasking", REMASKING, "which masked positions a step commits: low_confidence | random"),
     DecodingField(
-        "threshold", float, "confidence threshold for parallel decoding (0: commit every masked position)",
+        "threshold",
+        float,
+        "confidence threshold for parallel decoding (0: commit every masked position)",
         bounds={"ge": 0.0, "le": 1.0},
     ),
     DecodingField("factor", float, "factor rule for parallel decoding", bounds={"gt": 0.0, "le": 64.0}),
     DecodingField("cfg_scale", float, "classifier-free guidance scale (0: off)", bounds={"ge": 0.0, "le": 20.0}),
     DecodingField("temperature", float, "sampling temperature (0: greedy)", bounds={"ge": 0.0, "le": 2.0}),
     DecodingField(
-        "max_tokens", int, "tokens to generate when a request gives no max_tokens",
-        bounds={"ge": 1, "le": 65536}, server_default=128, param=False,
+        "max_tokens",
+        int,
+        "tokens to generate when a request gives no max_tokens",
+        bounds={"ge": 1, "le": 65536},
+        server_default=128,
+        param=False,
         request_description="most tokens to generate (default: the server's --max-tokens)",
     ),
 )

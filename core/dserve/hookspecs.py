@@ -13,7 +13,8 @@ the work itself (models, engines) lives in classes the registrations name lazily
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -28,7 +29,7 @@ hookimpl = pluggy.HookimplMarker("dserve")
 
 
 @hookspec
-def register_models(register: Callable[["ModelSpec"], None]) -> None:
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Register model families.
 
     Call ``register(ModelSpec(...))`` once per family. A checkpoint is matched to a family by
@@ -38,7 +39,7 @@ def register_models(register: Callable[["ModelSpec"], None]) -> None:
 
 
 @hookspec
-def register_engines(register: Callable[["EngineSpec"], None]) -> None:
+def register_engines(register: Callable[[EngineSpec], None]) -> None:
     """Register decoding engines.
 
     Call ``register(EngineSpec(...))`` once per engine, listing its algorithms, each with its
@@ -48,7 +49,7 @@ def register_engines(register: Callable[["EngineSpec"], None]) -> None:
 
 
 @hookspec
-def register_server_flags(register: Callable[["DecodingField"], None]) -> None:
+def register_server_flags(register: Callable[[DecodingField], None]) -> None:
     """Add server flags for an engine's own decoding parameters.
 
     Call ``register(DecodingField(...))`` once per flag. Each becomes a ``dserve serve`` option
@@ -82,7 +83,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 @hookspec(firstresult=True)
-def prepare_serve_settings(settings: "Settings") -> "Settings | None":
+def prepare_serve_settings(settings: Settings) -> Settings | None:
     """Rewrite `dserve serve`'s settings before anything starts, or return None.
 
     The operations wing converts a ``--dcp-path`` checkpoint here (once, before any worker
@@ -93,7 +94,7 @@ def prepare_serve_settings(settings: "Settings") -> "Settings | None":
 
 
 @hookspec(firstresult=True)
-def launch_server(settings: "Settings") -> int | None:
+def launch_server(settings: Settings) -> int | None:
     """Run `dserve serve` in place of the core's single-process server, or return None.
 
     The operations wing runs its multi-GPU front here for ``--gpus`` / ``--gpu-ids``. The
@@ -102,7 +103,7 @@ def launch_server(settings: "Settings") -> int | None:
 
 
 @hookspec
-def server_startup(state: "GenerationService") -> None:
+def server_startup(state: GenerationService) -> None:
     """Called once the server has loaded its model and started its scheduler.
 
     ``state`` is the server's :class:`dserve.service.GenerationService` (also
@@ -112,7 +113,7 @@ def server_startup(state: "GenerationService") -> None:
 
 
 @hookspec
-def server_shutdown(state: "GenerationService") -> None:
+def server_shutdown(state: GenerationService) -> None:
     """Called when the server stops, after in-flight requests have drained.
 
     ``state`` is the same :class:`dserve.service.GenerationService` ``server_startup`` got;

@@ -6,9 +6,10 @@ The request side (service.py) gets what this returns and never loads anything it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 

@@ -27,7 +27,9 @@ def configure_logging(json_logs: bool = False, level: str = "info") -> None:
     # uvicorn's own loggers through the same renderer
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared)
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared
+        )
     )
     for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)

@@ -7,7 +7,8 @@ request body > server defaults (CLI / DSERVE_* env) > model defaults > algorithm
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 

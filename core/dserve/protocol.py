@@ -7,7 +7,7 @@ parameters pass through as extra fields and are validated by the algorithm's par
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -26,7 +26,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
@@ -58,7 +58,7 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     model: str = Field(..., max_length=512)
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="accepted for compatibility; ignored")
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -98,7 +98,7 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, description="not supported: must be absent")
 
@@ -119,7 +119,6 @@ class GenerateRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     prompt: str = Field(..., min_length=1)
     gen_length: int | None = Field(None, ge=1, le=65536, description="tokens to generate (max_tokens)")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-
 
     def algorithm_fields(self) -> dict[str, Any]:
         """The body fields that are decoding parameters (None = not given)."""

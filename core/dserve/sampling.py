@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-
 GREEDY_DEFAULT_SEED = 0
 
 

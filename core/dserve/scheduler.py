@@ -13,8 +13,9 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
@@ -154,9 +155,7 @@ class Scheduler:
             if not self.alive:
                 raise Unavailable("the scheduler thread has stopped; the server must be restarted", code="scheduler_failed")
             if len(self._waiting) + len(handles) > self.max_queue_size:
-                raise Overloaded(
-                    "the request queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}
-                )
+                raise Overloaded("the request queue is full; retry later", code="queue_full", headers={"Retry-After": "1"})
             if not self._waiting and not self._running:
                 self.heartbeat = time.monotonic()  # idle until now: the loop was not late
             self._waiting.extend(handles)
@@ -231,7 +230,7 @@ class Scheduler:
                 for handle in admitted:
                     self._admit(handle)
                 self._drop_cancelled_and_expired()
-                for key, runner in list(self.runners.items()):
+                for runner in list(self.runners.values()):
                     if runner.sequences:
                         self._step(runner)
             except Exception:  # noqa: BLE001 - the loop must survive anything a runner throws
@@ -248,8 +247,10 @@ class Scheduler:
             try:
                 self._get_runner(spec)
             except Exception as exc:  # noqa: BLE001
-                error = exc if isinstance(exc, APIError) else APIError(
-                    f"internal error while preparing {key[0]}/{key[1]}", code="engine_error"
+                error = (
+                    exc
+                    if isinstance(exc, APIError)
+                    else APIError(f"internal error while preparing {key[0]}/{key[1]}", code="engine_error")
                 )
                 if not isinstance(exc, APIError):
                     log.exception("runner construction failed", engine=key[0], algorithm=key[1])
@@ -293,7 +294,7 @@ class Scheduler:
         except APIError as exc:
             self._fail(handle, exc)
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             log.exception("admission failed", seq_id=handle.seq.seq_id)
             self._fail(handle, APIError("internal error while admitting the request"))
             return

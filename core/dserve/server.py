@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 import uvicorn
@@ -127,7 +127,9 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _too_large(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(error_body("the request body is too large", "invalid_request_error", None, "request_too_large"), status_code=413)
+    return JSONResponse(
+        error_body("the request body is too large", "invalid_request_error", None, "request_too_large"), status_code=413
+    )
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -128,7 +128,11 @@ class GenerationService:
             algorithm = (
                 self.settings.algorithm
                 if self.settings.algorithm and engine.algorithm(self.settings.algorithm)
-                else (self.model_spec.default_algorithm if self.model_spec and engine.algorithm(self.model_spec.default_algorithm or "") else engine.default_algorithm)
+                else (
+                    self.model_spec.default_algorithm
+                    if self.model_spec and engine.algorithm(self.model_spec.default_algorithm or "")
+                    else engine.default_algorithm
+                )
             )
         alg = engine.algorithm(algorithm)
         if alg is None:
@@ -165,7 +169,8 @@ class GenerationService:
                         "description": alg.description,
                         "available": not missing,
                         "missing_capabilities": missing,
-                        "default": default is not None and (engine.name, alg.name) == (default.engine.name, default.algorithm.name),
+                        "default": default is not None
+                        and (engine.name, alg.name) == (default.engine.name, default.algorithm.name),
                         "parameters": params_schema(alg.load_params()),
                     }
                 )
@@ -198,7 +203,9 @@ class GenerationService:
                 raise Unavailable("the server is shutting down", code="server_shutting_down")
             raise Unavailable("the model is still loading", code="model_loading")
         if name != self.model_id:
-            raise NotFound(f"The model {name!r} does not exist; this server serves {self.model_id!r}", param="model", code="model_not_found")
+            raise NotFound(
+                f"The model {name!r} does not exist; this server serves {self.model_id!r}", param="model", code="model_not_found"
+            )
 
     def resolve(self, engine: str | None, algorithm: str | None, fields: dict[str, Any]) -> RequestSpec:
         """A request's engine, algorithm and parameters, resolved once (request > server

@@ -8,7 +8,8 @@ core's (dserve.fields.CORE_FIELDS) and those the installed plugins register thro
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,27 +50,40 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSERVE_", extra="ignore", protected_namespaces=())
 
     # model
-    model: str | None = Field(None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model")
+    model: str | None = Field(
+        None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model"
+    )
     tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
     served_model_name: str | None = Field(None, description="model id clients use (default: derived from --model)")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: the checkpoint's dtype on GPU, float32 on CPU)")
+    dtype: str = Field(
+        "auto", description="auto | float32 | bfloat16 | float16 (auto: the checkpoint's dtype on GPU, float32 on CPU)"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     trust_remote_code: bool = Field(False, description="accepted for compatibility and ignored: models are native")
     enforce_eager: bool = Field(False, description="no CUDA graphs: run every forward eagerly (GPU only)")
-    compile: bool = Field(False, description="torch.compile the model's forward (first requests of each shape compile; --no-compile: off)")
+    compile: bool = Field(
+        False, description="torch.compile the model's forward (first requests of each shape compile; --no-compile: off)"
+    )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; the modes that use CUDA graphs replace dserve's own graphs"
     )
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')"
     )
-    flash_attention: bool = Field(True, description="let SDPA use flash / cuDNN attention kernels on the GPU (--no-flash-attention: math or memory-efficient kernels only)")
+    flash_attention: bool = Field(
+        True,
+        description="let SDPA use flash / cuDNN attention kernels on the GPU (--no-flash-attention: math or memory-efficient kernels only)",
+    )
     gpu_memory_utilization: float = Field(
-        1.0, gt=0.0, le=1.0,
+        1.0,
+        gt=0.0,
+        le=1.0,
         description="fraction of the GPU's memory this process may allocate (vLLM's flag); beyond it a step "
         "fails with out-of-memory, which sheds requests instead of crashing",
     )
-    load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights in the checkpoint's shape (benchmarks; vLLM's flag)")
+    load_format: Literal["auto", "dummy"] = Field(
+        "auto", description="dummy: random weights in the checkpoint's shape (benchmarks; vLLM's flag)"
+    )
 
     # server
     host: str = Field("0.0.0.0", description="bind address")
@@ -101,11 +115,17 @@ class ServerSettings(BaseSettings):
     gpus: int | None = Field(None, ge=1, description="start this many workers (GPUs 0..N-1) behind a front")
     gpu_ids: _ListFromText[int] | None = Field(None, description="GPU ids for the workers, e.g. 0,2,4,6")
     worker_start_interval: float = Field(1.0, ge=0.0, description="seconds between worker launches")
-    worker_base_port: int | None = Field(None, ge=1, le=65535, description="worker i listens on this port + i (default: free ports)")
-    worker_log_dir: str | None = Field(None, description="write worker i's output to DIR/worker-i.log (default: the front's output)")
+    worker_base_port: int | None = Field(
+        None, ge=1, le=65535, description="worker i listens on this port + i (default: free ports)"
+    )
+    worker_log_dir: str | None = Field(
+        None, description="write worker i's output to DIR/worker-i.log (default: the front's output)"
+    )
     # NeMo-RL DCP checkpoints (docs/scale-out.md): converted once to a Hugging Face directory
     dcp_path: str | None = Field(None, description="torch.distributed.checkpoint directory to serve (needs --base-model)")
-    base_model: str | None = Field(None, description="Hugging Face directory / repo id giving config.json and tokenizer for --dcp-path")
+    base_model: str | None = Field(
+        None, description="Hugging Face directory / repo id giving config.json and tokenizer for --dcp-path"
+    )
     dcp_cache_dir: str | None = Field(None, description="where converted DCP checkpoints are kept (default ~/.cache/dserve/dcp)")
 
     @field_validator("gpu_ids", "api_key", mode="before")

@@ -84,8 +84,14 @@ class Watchdog:
             if handle.done:
                 continue
             if dead:
-                s.abandon(handle, Unavailable("the scheduler thread has stopped; the server must be restarted", code="scheduler_failed"))
+                s.abandon(
+                    handle, Unavailable("the scheduler thread has stopped; the server must be restarted", code="scheduler_failed")
+                )
             elif handle.deadline is not None and now > handle.deadline + DEADLINE_GRACE_S:
                 self.timeouts_enforced += 1
-                log.warning("request past its deadline: answered by the watchdog", seq_id=handle.seq.seq_id, stalled_s=round(s.stalled_for(), 1))
+                log.warning(
+                    "request past its deadline: answered by the watchdog",
+                    seq_id=handle.seq.seq_id,
+                    stalled_s=round(s.stalled_for(), 1),
+                )
                 s.abandon(handle, RequestTimeout("the request exceeded the server's request timeout", code="timeout"))

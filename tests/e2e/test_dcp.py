@@ -14,9 +14,9 @@ import openai
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from dserve_ops import dcp as dserve_dcp
 from safetensors.torch import load_file
 
-from dserve_ops import dcp as dserve_dcp
 from dserve.modeling.loading import weight_files
 from dserve_llada import EMBEDDED_MODEL_DIR
 from dserve_llada.model import load_llada
@@ -99,7 +99,18 @@ def test_a_checkpoint_that_does_not_match_fails_clearly(tmp_path):
     state["model.transformer.extra_head.weight"] = torch.zeros(2, 2)
     _save_nemo_rl_checkpoint(tmp_path / "step_2", state)
     run = subprocess.run(
-        [sys.executable, "-m", "dserve", "convert", "--dcp-path", str(tmp_path / "step_2"), "--base-model", str(BASE), "--output", str(tmp_path / "hf")],
+        [
+            sys.executable,
+            "-m",
+            "dserve",
+            "convert",
+            "--dcp-path",
+            str(tmp_path / "step_2"),
+            "--base-model",
+            str(BASE),
+            "--output",
+            str(tmp_path / "hf"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -119,7 +130,9 @@ def test_serve_converts_once_then_reuses_the_cache(trained, tmp_path):
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         assert [m.id for m in client.models.list().data] == ["step_7"]
-        reply = client.chat.completions.create(model="step_7", messages=[{"role": "user", "content": "Reverse the word: dog"}], max_tokens=16, temperature=0)
+        reply = client.chat.completions.create(
+            model="step_7", messages=[{"role": "user", "content": "Reverse the word: dog"}], max_tokens=16, temperature=0
+        )
         assert reply.choices[0].finish_reason in ("stop", "length")
     finally:
         srv.stop()

@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 import pytest
-
 from dserve_ops.evaluation import generate_examples
 from dserve_ops.evaluation.harness import evaluate
+
 from dserve_dream import TINY_MODEL_DIR as DREAM_DIR
 from dserve_nemotron import TINY_MODEL_DIR as NEMOTRON_DIR
 from e2e.server import ServerProcess
@@ -52,7 +52,9 @@ def test_streamed_text_equals_the_whole_answer_in_a_batch(family_server):
     prompts = ["Reverse the word: planet", "Sort these numbers: 5 2 9 1", "What is 37 plus 5?", "Swap the two words: red car"]
 
     def whole(p):
-        r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": p}], max_tokens=48, temperature=0)
+        r = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": p}], max_tokens=48, temperature=0
+        )
         return r.choices[0].message.content
 
     def streamed(p):

@@ -43,6 +43,7 @@ def _all_healthy(url: str, n: int = 2) -> bool:
 
 def test_worker_command_carries_the_serve_settings(monkeypatch):
     from dserve_ops.front.command import worker_command
+
     from dserve.settings import Settings
 
     monkeypatch.setenv("DSERVE_GPUS", "2")  # a worker inheriting this would start a front itself
@@ -60,6 +61,7 @@ def test_worker_command_carries_the_serve_settings(monkeypatch):
 
 def test_worker_command_carries_boolean_and_speed_flags():
     from dserve_ops.front.command import worker_command
+
     from dserve.settings import Settings
 
     settings = Settings(enable_apd=True, apd_threshold=0.5, compile=True, flash_attention=False, gpu_memory_utilization=0.5)
@@ -73,6 +75,7 @@ def test_cpu_workers_split_the_cores(monkeypatch):
     import os
 
     from dserve_ops.front.command import worker_command
+
     from dserve.settings import Settings
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -123,7 +126,9 @@ def test_chat_and_stream_through_the_front(front, fclient, fmodel):
 def test_concurrent_requests_spread_over_both_workers(front, fclient, fmodel):
     before = httpx.get(front.url + "/stats").json()["requests_routed"]
     with cf.ThreadPoolExecutor(8) as pool:
-        texts = list(pool.map(lambda p: _chat(fclient, fmodel, p, extra_body={"steps": 24}).choices[0].message.content, PROMPTS * 2))
+        texts = list(
+            pool.map(lambda p: _chat(fclient, fmodel, p, extra_body={"steps": 24}).choices[0].message.content, PROMPTS * 2)
+        )
     assert texts[:4] == texts[4:]  # same prompt, same answer, whichever worker ran it
     after = httpx.get(front.url + "/stats").json()["requests_routed"]
     assert all(after[k] - before[k] > 0 for k in ("0", "1")), (before, after)
@@ -131,7 +136,18 @@ def test_concurrent_requests_spread_over_both_workers(front, fclient, fmodel):
 
 def test_stats_and_worker_status(front):
     stats = httpx.get(front.url + "/stats").json()
-    for key in ("healthy_workers", "total_workers", "requests_routed", "total_requests", "avg_batch_size", "batch_size_histogram", "system_status", "requests_in_flight", "queue_depth", "running_requests"):
+    for key in (
+        "healthy_workers",
+        "total_workers",
+        "requests_routed",
+        "total_requests",
+        "avg_batch_size",
+        "batch_size_histogram",
+        "system_status",
+        "requests_in_flight",
+        "queue_depth",
+        "running_requests",
+    ):
         assert key in stats, key
     assert stats["healthy_workers"] == stats["total_workers"] == 2
     assert stats["system_status"] in ("normal", "overloaded")
@@ -148,7 +164,9 @@ def test_stats_and_worker_status(front):
 
 
 def test_async_jobs_round_trip_through_the_front(front, fclient, fmodel):
-    submitted = [httpx.post(front.url + "/v1/generate_batch", json={"prompts": PROMPTS[:2], "gen_length": 16}).json() for _ in range(2)]
+    submitted = [
+        httpx.post(front.url + "/v1/generate_batch", json={"prompts": PROMPTS[:2], "gen_length": 16}).json() for _ in range(2)
+    ]
     ids = [i for s in submitted for i in s["request_ids"]]
     assert len(set(ids)) == 4
 
@@ -164,16 +182,27 @@ def test_async_jobs_round_trip_through_the_front(front, fclient, fmodel):
 
 
 def test_dserve_status_json(front):
-    out = subprocess.run([sys.executable, "-m", "dserve", "status", "--url", front.url, "--json"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "dserve", "status", "--url", front.url, "--json"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["stats"]["total_workers"] == 2 and len(data["workers"]["workers"]) == 2
-    table = subprocess.run([sys.executable, "-m", "dserve", "status", "--url", front.url], capture_output=True, text=True, timeout=60)
+    table = subprocess.run(
+        [sys.executable, "-m", "dserve", "status", "--url", front.url], capture_output=True, text=True, timeout=60
+    )
     assert table.returncode == 0 and "healthy 2/2" in table.stdout
 
 
 def _long(model, n=400):
-    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": n, "steps": n, "block_length": n, "ignore_eos": True}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": n,
+        "steps": n,
+        "block_length": n,
+        "ignore_eos": True,
+    }
 
 
 def _running_on(worker: dict) -> bool:
@@ -207,9 +236,13 @@ def test_client_disconnect_reaches_the_worker(front, fmodel):
 
 def test_killed_worker_fails_its_request_is_restarted_and_others_keep_serving(front, fclient, fmodel):
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("r", httpx.post(front.url + "/v1/chat/completions", json=_long(fmodel), timeout=120)))
+    t = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.post(front.url + "/v1/chat/completions", json=_long(fmodel), timeout=120))
+    )
     t.start()
-    victim = _wait_for(lambda: next((w for w in _workers(front.url) if w["in_flight"] == 1), None), "the long request in flight", 30, 0.02)
+    victim = _wait_for(
+        lambda: next((w for w in _workers(front.url) if w["in_flight"] == 1), None), "the long request in flight", 30, 0.02
+    )
     os.kill(victim["pid"], signal.SIGKILL)
     t.join(60)
     failed = result["r"]
@@ -233,13 +266,19 @@ def test_sigterm_drains_in_flight_then_stops_workers():
         model = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
         (worker,) = _workers(srv.url)
         result = {}
-        t = threading.Thread(target=lambda: result.setdefault("r", httpx.post(srv.url + "/v1/chat/completions", json=_long(model, 64), timeout=120)))
+        t = threading.Thread(
+            target=lambda: result.setdefault(
+                "r", httpx.post(srv.url + "/v1/chat/completions", json=_long(model, 64), timeout=120)
+            )
+        )
         t.start()
         _wait_for(lambda: _running_on(worker), "the long request running", 30, 0.02)
         srv.terminate()
         time.sleep(0.3)
         assert httpx.get(srv.url + "/health/ready").status_code == 503
-        late = httpx.post(srv.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        late = httpx.post(
+            srv.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=30
+        )
         assert late.status_code == 503 and late.json()["error"]["code"] == "server_shutting_down"
         t.join(120)
         assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["finish_reason"] == "length"

@@ -38,7 +38,12 @@ def test_stream_concatenates_to_the_non_streamed_text(client, model_id):
 
 
 def test_stream_sends_done_marker(server, model_id):
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={"model": model_id, "messages": CHAT, "stream": True, "max_tokens": 8}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json={"model": model_id, "messages": CHAT, "stream": True, "max_tokens": 8},
+        timeout=60,
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert r.headers["content-type"].startswith("text/event-stream")
     assert lines[-1] == "data: [DONE]"
@@ -55,7 +60,9 @@ def test_completions_string_list_and_token_ids(client, model_id):
 
 
 def test_max_tokens_is_a_real_limit(client, model_id):
-    r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Repeat the letter x 30 times"}], max_tokens=3)
+    r = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Repeat the letter x 30 times"}], max_tokens=3
+    )
     assert r.usage.completion_tokens <= 3
     if r.choices[0].finish_reason == "length":
         assert r.usage.completion_tokens == 3
@@ -84,7 +91,9 @@ def test_n_choices(client, model_id):
 
 def test_diffusion_parameters_through_extra_body(client, model_id):
     r = client.chat.completions.create(
-        model=model_id, messages=CHAT, max_tokens=16,
+        model=model_id,
+        messages=CHAT,
+        max_tokens=16,
         extra_body={"steps": 4, "block_length": 8, "engine": "llada", "generation_algorithm": "reference"},
     )
     # 16 tokens in 2 blocks of 8, 2 steps per block: 4 forward passes, unless it stopped early

@@ -77,7 +77,11 @@ def test_every_documented_operation_is_served(server):
     for path, method in sorted(_documented(spec)):
         url = server.url + re.sub(r"{\w+}", "123", path)
         r = httpx.request(method, url, json={} if method == "POST" else None, timeout=60)
-        code = r.json()["error"]["code"] if r.headers.get("content-type", "").startswith("application/json") and r.status_code >= 400 else None
+        code = (
+            r.json()["error"]["code"]
+            if r.headers.get("content-type", "").startswith("application/json") and r.status_code >= 400
+            else None
+        )
         assert code not in ROUTING_MISSES, f"{method} {path} is documented but not served: {r.status_code} {r.text[:200]}"
     # and the check notices a path that is not served
     miss = httpx.get(server.url + "/v1/not-a-route").json()["error"]["code"]

@@ -23,7 +23,18 @@ EXAMPLE = Path(__file__).parent.parent / "example_plugin"
 def plugin_path(tmp_path_factory) -> str:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     return str(target)
@@ -36,7 +47,9 @@ def _env(plugin_path, **extra):
 
 
 def _dserve(plugin_path, *args, **env):
-    return subprocess.run([sys.executable, "-m", "dserve", *args], env=_env(plugin_path, **env), capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "dserve", *args], env=_env(plugin_path, **env), capture_output=True, text=True, check=True
+    )
 
 
 def test_listing_shows_the_plugin_without_importing_torch(plugin_path):
@@ -80,9 +93,16 @@ def test_register_server_flags_hook(plugin_path):
     help_text = _dserve(plugin_path, "--help").stdout
     assert "--tokens-per-step" in help_text and "DSERVE_TOKENS_PER_STEP" in help_text
     listed = {row["name"]: row for row in json.loads(_dserve(plugin_path, "plugins", "--json").stdout)}
-    assert listed["example"]["server_flags"] == [{"name": "tokens_per_step", "flags": ["--tokens-per-step"], "env": "DSERVE_TOKENS_PER_STEP"}]
-    refused = subprocess.run([sys.executable, "-m", "dserve", "--port", "0"], env=_env(plugin_path, DSERVE_TOKENS_PER_STEP="0"),
-                             capture_output=True, text=True, timeout=120)
+    assert listed["example"]["server_flags"] == [
+        {"name": "tokens_per_step", "flags": ["--tokens-per-step"], "env": "DSERVE_TOKENS_PER_STEP"}
+    ]
+    refused = subprocess.run(
+        [sys.executable, "-m", "dserve", "--port", "0"],
+        env=_env(plugin_path, DSERVE_TOKENS_PER_STEP="0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and "tokens_per_step" in refused.stderr, refused.stderr
 
     srv = ServerProcess(*MODEL_ARGS, "--tokens-per-step", "4", env={"PYTHONPATH": _env(plugin_path)["PYTHONPATH"]})
@@ -92,7 +112,9 @@ def test_register_server_flags_hook(plugin_path):
         messages = [{"role": "user", "content": "Reverse the word: planet"}]
         body = {"engine": "example", "block_length": 16}
         by_default = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body=body)
-        one = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body={**body, "tokens_per_step": 1})
+        one = client.chat.completions.create(
+            model=model_id, messages=messages, max_tokens=16, extra_body={**body, "tokens_per_step": 1}
+        )
         assert by_default.usage.model_extra["nfe"] <= 4 < one.usage.model_extra["nfe"]  # 16 slots, 4 per step
         # another engine's algorithm does not get the example's default (it has no such parameter)
         other = client.chat.completions.create(model=model_id, messages=messages, max_tokens=8, extra_body={"engine": "llada"})
@@ -125,7 +147,7 @@ def _greedy_left_to_right(prompt_ids, gen_length, per_step):
         idx = (x == model.info.mask_id).nonzero().flatten()[:per_step]
         x[idx] = logits[idx].argmax(-1)
         nfe += 1
-    return x[len(prompt_ids):].tolist(), nfe, model.tokenizer, model.info.stop_ids
+    return x[len(prompt_ids) :].tolist(), nfe, model.tokenizer, model.info.stop_ids
 
 
 def test_request_selects_the_plugin_engine(plugin_server):
@@ -134,7 +156,9 @@ def test_request_selects_the_plugin_engine(plugin_server):
     model_id = client.models.list().data[0].id
     messages = [{"role": "user", "content": "Reverse the word: planet"}]
     r = client.chat.completions.create(
-        model=model_id, messages=messages, max_tokens=16,
+        model=model_id,
+        messages=messages,
+        max_tokens=16,
         extra_body={"engine": "example", "generation_algorithm": "left_to_right", "tokens_per_step": 2, "block_length": 16},
     )
     from dserve.modeling.tokenizer import chat_prompt_ids
@@ -146,8 +170,12 @@ def test_request_selects_the_plugin_engine(plugin_server):
     assert r.choices[0].message.content == tok.decode(answer, skip_special_tokens=True)
     assert r.usage.model_extra["nfe"] <= nfe
     # the algorithm name alone is enough when one engine has it; the alias works too
-    alone = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body={"generation_algorithm": "left_to_right", "block_length": 16})
-    alias = client.chat.completions.create(model=model_id, messages=messages, max_tokens=16, extra_body={"engine": "example-engine", "block_length": 16})
+    alone = client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=16, extra_body={"generation_algorithm": "left_to_right", "block_length": 16}
+    )
+    alias = client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=16, extra_body={"engine": "example-engine", "block_length": 16}
+    )
     assert alone.choices[0].message.content == alias.choices[0].message.content
     algos = httpx.get(srv.url + "/generation/algorithms").json()["algorithms"]
     ex = next(a for a in algos if a["engine"] == "example")
@@ -157,9 +185,15 @@ def test_request_selects_the_plugin_engine(plugin_server):
 def test_plugin_parameters_are_validated(plugin_server):
     srv, _ = plugin_server
     model_id = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
-    r = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "engine": "example", "tokens_per_step": 0})
+    r = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "engine": "example", "tokens_per_step": 0},
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens_per_step"
-    r = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "tokens_per_step": 2})
+    r = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "tokens_per_step": 2},
+    )
     assert r.status_code == 400 and "tokens_per_step" in r.json()["error"]["message"]  # not a reference parameter
 
 

@@ -8,7 +8,6 @@ import sys
 import time
 
 import httpx
-
 from dserve_ops.evaluation import generate_examples
 from dserve_ops.evaluation.harness import evaluate
 
@@ -30,9 +29,29 @@ def test_reference_loop_keeps_quality(server, model_id):
 def test_dserve_eval_command_reports_table_and_json(server, tmp_path):
     out = tmp_path / "eval.json"
     run = subprocess.run(
-        [sys.executable, "-m", "dserve", "eval", "--url", server.url, "--num-samples", "12", "--algorithm", "llada/reference",
-         "--algorithm", "fastdllm/dual_cache", "--param", "threshold=0.9", "--output", str(out), "--min-accuracy", "0.5"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "dserve",
+            "eval",
+            "--url",
+            server.url,
+            "--num-samples",
+            "12",
+            "--algorithm",
+            "llada/reference",
+            "--algorithm",
+            "fastdllm/dual_cache",
+            "--param",
+            "threshold=0.9",
+            "--output",
+            str(out),
+            "--min-accuracy",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
@@ -62,7 +81,9 @@ def test_dserve_eval_stops_at_once_when_the_model_failed_to_load(tmp_path):
         started = time.monotonic()
         run = subprocess.run(
             [sys.executable, "-m", "dserve", "eval", "--url", server.url, "--num-samples", "2", "--ready-timeout", "120"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert run.returncode == 2, run.stdout + run.stderr
         assert "failed to load its model" in run.stderr and "NoSuchModel" in run.stderr, run.stderr
@@ -80,7 +101,9 @@ class _AppOnlyServer:
             "uvicorn.run(create_app(Settings(model=sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]), log_config=None)"
         )
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(model), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(model), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:

@@ -35,6 +35,7 @@ def test_missing_ray_gives_a_clear_error(monkeypatch, capsys):
     import builtins
 
     from dserve_ops import ray_serve
+
     from dserve.cli import main
 
     real_import = builtins.__import__
@@ -74,7 +75,9 @@ def ray_python() -> str:
         if made.returncode != 0:
             pytest.skip(f"cannot create a venv for Ray: {made.stderr.strip()[-500:]}")
     if subprocess.run([str(py), "-c", "import ray.serve, dserve"], capture_output=True).returncode != 0:
-        inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "ray[serve]>=2.10"], capture_output=True, text=True, timeout=1500)
+        inst = subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "ray[serve]>=2.10"], capture_output=True, text=True, timeout=1500
+        )
         if inst.returncode != 0:
             pytest.skip(f"cannot install ray[serve] here: {inst.stderr.strip()[-800:]}")
     check = subprocess.run([str(py), "-c", "import ray.serve, dserve"], capture_output=True, text=True)
@@ -91,8 +94,25 @@ def ray_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
     cmd = [
-        py, "-m", "dserve", "ray-serve", "--min-replicas", "2", "--max-replicas", "2", "--num-cpus-per-replica", "0.5",
-        "--no-dashboard", "--", "--host", "127.0.0.1", "--port", str(port), *MODEL_ARGS, "--max-batch-size", "4",
+        py,
+        "-m",
+        "dserve",
+        "ray-serve",
+        "--min-replicas",
+        "2",
+        "--max-replicas",
+        "2",
+        "--num-cpus-per-replica",
+        "0.5",
+        "--no-dashboard",
+        "--",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *MODEL_ARGS,
+        "--max-batch-size",
+        "4",
     ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -132,7 +152,9 @@ def test_two_replicas_serve_chat_through_the_ray_proxy(ray_server):
 
     def ask(i: int):
         raw = client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": f"What is {i} plus 1?"}], max_tokens=8,
+            model=model,
+            messages=[{"role": "user", "content": f"What is {i} plus 1?"}],
+            max_tokens=8,
         )
         reply = raw.parse()
         assert reply.choices[0].finish_reason in ("stop", "length")
@@ -151,7 +173,9 @@ def test_two_replicas_serve_chat_through_the_ray_proxy(ray_server):
     assert len(replicas) == 2 and len(pids) == 2, seen
 
     # streaming passes through the proxy too
-    chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+    chunks = list(
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True)
+    )
     assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
 
     # the probes and metrics of `dserve serve` are there, answered by a replica

@@ -51,7 +51,9 @@ def test_python_example_runs_as_written(server):
 def test_examples_client_runs(server):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "client.py"), "--url", server.url + "/v1"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert "chat: tenalp" in out.stdout

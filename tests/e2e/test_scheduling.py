@@ -6,7 +6,6 @@ import threading
 import time
 
 import httpx
-import openai
 import pytest
 
 from e2e.conftest import MODEL_ARGS
@@ -80,7 +79,14 @@ def test_streams_while_batched_equal_the_plain_text(client, model_id):
 
 
 def _long_request(model_id):
-    return {"model": model_id, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 400, "steps": 400, "block_length": 400, "ignore_eos": True}
+    return {
+        "model": model_id,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": 400,
+        "steps": 400,
+        "block_length": 400,
+        "ignore_eos": True,
+    }
 
 
 # Polling deadlines are generous on purpose: a poll returns as soon as its condition holds, so
@@ -112,7 +118,9 @@ def _committed(url) -> int:
 def test_stream_disconnect_frees_the_slot(server, model_id):
     _wait_running(server.url, 0)
     before = _committed(server.url)
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**_long_request(model_id), "stream": True}, timeout=60) as r:
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json={**_long_request(model_id), "stream": True}, timeout=60
+    ) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # keep the iterator: dropping it closes the connection early
         next(lines)
@@ -132,7 +140,14 @@ def test_non_streaming_disconnect_frees_the_slot(server, model_id):
 
 def test_engine_stats(server):
     stats = httpx.get(server.url + "/v1/engine/stats").json()
-    for key in ("queue_depth", "running_requests", "avg_batch_size", "batch_size_histogram", "steps_per_second", "tokens_per_step"):
+    for key in (
+        "queue_depth",
+        "running_requests",
+        "avg_batch_size",
+        "batch_size_histogram",
+        "steps_per_second",
+        "tokens_per_step",
+    ):
         assert key in stats
     assert stats["default_engine"] == "llada" and stats["total_steps"] > 0
 
@@ -190,7 +205,17 @@ def test_full_queue_is_429_with_retry_after():
         queued.join(PACE_TIMEOUT)
         _wait_running(srv.url, 0)
         _wait_until(lambda: httpx.get(srv.url + "/batch/stats").json()["queue_depth"] == 0)
-        ok = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "steps": 1, "block_length": 4}, timeout=PACE_TIMEOUT)
+        ok = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={
+                "model": model_id,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+                "steps": 1,
+                "block_length": 4,
+            },
+            timeout=PACE_TIMEOUT,
+        )
         assert ok.status_code == 200  # the server still serves once the queue has room again
     finally:
         srv.stop()
@@ -212,7 +237,17 @@ def test_request_timeout_is_an_openai_error():
         assert r.status_code == 504
         assert r.json()["error"]["type"] == "timeout_error"
         _wait_running(srv.url, 0)
-        ok = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "steps": 1, "block_length": 4}, timeout=60)
+        ok = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={
+                "model": model_id,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+                "steps": 1,
+                "block_length": 4,
+            },
+            timeout=60,
+        )
         assert ok.status_code == 200
     finally:
         srv.stop()
@@ -234,7 +269,9 @@ def test_sigterm_drains_in_flight_then_exits():
     srv.terminate()
     # the signal lands when the busy machine gets to it: wait for the drain to show, not a fixed time
     _wait_until(lambda: httpx.get(srv.url + "/health/ready", timeout=PACE_TIMEOUT).status_code == 503)
-    late = httpx.post(srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    late = httpx.post(
+        srv.url + "/v1/chat/completions", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}]}, timeout=30
+    )
     assert late.status_code == 503 and late.json()["error"]["code"] == "server_shutting_down"
     t.join(900)
     assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["finish_reason"] in ("stop", "length")

@@ -45,16 +45,40 @@ def test_dry_run_gpu_job(capsys, monkeypatch):
     monkeypatch.delenv("ACCOUNT", raising=False)
     monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
     script = dry_run(
-        capsys, "--gpus", "8", "--time", "04:00:00", "--mem", "128G", "--account", "A", "--partition", "P",
-        "--job-name", "dserve", "--", "--model", "GSAI-ML/LLaDA-8B-Instruct", "--steps", "64",
+        capsys,
+        "--gpus",
+        "8",
+        "--time",
+        "04:00:00",
+        "--mem",
+        "128G",
+        "--account",
+        "A",
+        "--partition",
+        "P",
+        "--job-name",
+        "dserve",
+        "--",
+        "--model",
+        "GSAI-ML/LLaDA-8B-Instruct",
+        "--steps",
+        "64",
     )
     lines = sbatch_lines(script)
-    for want in ("--gres=gpu:8", "--time=04:00:00", "--mem=128G", "--account=A", "--partition=P", "--job-name=dserve", "--nodes=1"):
+    for want in (
+        "--gres=gpu:8",
+        "--time=04:00:00",
+        "--mem=128G",
+        "--account=A",
+        "--partition=P",
+        "--job-name=dserve",
+        "--nodes=1",
+    ):
         assert f"#SBATCH {want}" in lines, (want, lines)
     assert "#SBATCH --comment=dserve:port=8000" in lines
     assert "#SBATCH --signal=B:TERM@90" in lines  # the server drains before the time limit
     assert script.startswith("#!/bin/bash\n")
-    assert "echo \"DSERVE_NODE=$DSERVE_NODE\"" in script and "echo \"DSERVE_PORT=$DSERVE_PORT\"" in script
+    assert 'echo "DSERVE_NODE=$DSERVE_NODE"' in script and 'echo "DSERVE_PORT=$DSERVE_PORT"' in script
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
     assert exec_line.startswith('exec dserve serve --host 0.0.0.0 --port "$DSERVE_PORT" ')
     assert exec_line.endswith("--model GSAI-ML/LLaDA-8B-Instruct --steps 64")
@@ -81,14 +105,28 @@ def test_dry_run_cpu_job_has_no_gres_and_account_from_env(capsys, monkeypatch):
 
 def test_dry_run_container_and_port(capsys):
     script = dry_run(
-        capsys, "--container-image", "/images/dserve.sqsh", "--container-mounts", "/data:/data,/hf:/root/.cache/huggingface",
-        "--setup", "module load cuda", "--env", "HF_HOME=/hf", "--", "--port", "9001", "--engine", "llada",
+        capsys,
+        "--container-image",
+        "/images/dserve.sqsh",
+        "--container-mounts",
+        "/data:/data,/hf:/root/.cache/huggingface",
+        "--setup",
+        "module load cuda",
+        "--env",
+        "HF_HOME=/hf",
+        "--",
+        "--port",
+        "9001",
+        "--engine",
+        "llada",
     )
     assert "#SBATCH --comment=dserve:port=9001" in sbatch_lines(script)
     assert "DSERVE_PORT=9001" in script
     assert "module load cuda\n" in script and "export HF_HOME=/hf\n" in script
     line = next(line for line in script.splitlines() if line.startswith("exec "))
-    assert line.startswith("exec srun --ntasks=1 --container-image=/images/dserve.sqsh --container-mounts=/data:/data,/hf:/root/.cache/huggingface dserve serve")
+    assert line.startswith(
+        "exec srun --ntasks=1 --container-image=/images/dserve.sqsh --container-mounts=/data:/data,/hf:/root/.cache/huggingface dserve serve"
+    )
     assert line.count("--port") == 1 and line.endswith("--engine llada")
 
 
@@ -118,7 +156,9 @@ def slurm_env():
 
 
 def dserve(*argv: str, env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dserve", *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dserve", *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def squeue_state(job_id: str, env: dict) -> str:
@@ -129,24 +169,60 @@ def squeue_state(job_id: str, env: dict) -> str:
 def test_submit_connect_and_cancel_on_a_real_cluster(slurm_env, tmp_path):
     env = slurm_env
     sub = dserve(
-        "slurm", "submit", "--parsable", "--gpus", "0", "--port", "0", "--time", "00:15:00", "--mem", "2G",
-        "--account", "dserve-test", "--job-name", "dserve-e2e", "--dserve-cmd", f"{sys.executable} -m dserve",
-        "--save-script", str(tmp_path / "job.sh"), "--", *MODEL_ARGS, "--max-batch-size", "4",
-        env=env, cwd=tmp_path,
+        "slurm",
+        "submit",
+        "--parsable",
+        "--gpus",
+        "0",
+        "--port",
+        "0",
+        "--time",
+        "00:15:00",
+        "--mem",
+        "2G",
+        "--account",
+        "dserve-test",
+        "--job-name",
+        "dserve-e2e",
+        "--dserve-cmd",
+        f"{sys.executable} -m dserve",
+        "--save-script",
+        str(tmp_path / "job.sh"),
+        "--",
+        *MODEL_ARGS,
+        "--max-batch-size",
+        "4",
+        env=env,
+        cwd=tmp_path,
     )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip()
     assert job_id.isdigit(), sub.stdout
     assert "--gres" not in (tmp_path / "job.sh").read_text()
     try:
-        con = dserve("slurm", "connect", "--job-id", job_id, "--poll-interval", "1", "--timeout", "240", "--login-host", "me@login.example", env=env, cwd=tmp_path)
+        con = dserve(
+            "slurm",
+            "connect",
+            "--job-id",
+            job_id,
+            "--poll-interval",
+            "1",
+            "--timeout",
+            "240",
+            "--login-host",
+            "me@login.example",
+            env=env,
+            cwd=tmp_path,
+        )
         out_file = tmp_path / f"dserve-{job_id}.out"
         job_log = out_file.read_text() if out_file.exists() else "(no output file)"
         assert con.returncode == 0, f"{con.stdout}\n{con.stderr}\njob output:\n{job_log}"
         m = re.search(r"job \d+ is RUNNING on (\S+), server port (\d+)", con.stdout)
         assert m, con.stdout
         node, port = m.group(1), int(m.group(2))
-        squeue_node = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], env=env, capture_output=True, text=True).stdout.strip()
+        squeue_node = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%N"], env=env, capture_output=True, text=True
+        ).stdout.strip()
         assert node == squeue_node
         assert f"ssh -N -L {port}:{node}:{port} me@login.example" in con.stdout
         assert "OK: dserve on" in con.stdout
@@ -160,11 +236,26 @@ def test_submit_connect_and_cancel_on_a_real_cluster(slurm_env, tmp_path):
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         model = client.models.list().data[0].id
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is 2 plus 3?"}], max_tokens=8)
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is 2 plus 3?"}], max_tokens=8
+        )
         assert reply.choices[0].finish_reason in ("stop", "length")
 
         # through "the local port": a tunnel's local end is just another address of the server
-        con2 = dserve("slurm", "connect", "--job-id", job_id, "--local-port", str(port), "--poll-interval", "1", "--timeout", "60", env=env, cwd=tmp_path)
+        con2 = dserve(
+            "slurm",
+            "connect",
+            "--job-id",
+            job_id,
+            "--local-port",
+            str(port),
+            "--poll-interval",
+            "1",
+            "--timeout",
+            "60",
+            env=env,
+            cwd=tmp_path,
+        )
         assert con2.returncode == 0 and f"testing http://127.0.0.1:{port}/health/ready" in con2.stdout, con2.stdout + con2.stderr
     finally:
         subprocess.run(["scancel", job_id], env=env)

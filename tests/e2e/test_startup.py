@@ -46,7 +46,10 @@ def _serve(*args: str, port: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "dserve", "--host", "127.0.0.1", "--port", str(port), *args],
-        env=env, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
     )
 
 
@@ -68,7 +71,10 @@ def _failure_line(run: subprocess.CompletedProcess) -> str:
         (["--model", "/nonexistent"], ["model /nonexistent", "neither a directory nor in the local Hugging Face cache"]),
         (["--model", "no-such-org/no-such-model"], ["model no-such-org/no-such-model", "local Hugging Face cache"]),
         (["--engine", "nope"], ["--engine nope", "unknown engine 'nope'"]),
-        (["--engine", "dinfer", "--algorithm", "dual_cache"], ["--algorithm dual_cache", "unknown generation_algorithm 'dual_cache'"]),
+        (
+            ["--engine", "dinfer", "--algorithm", "dual_cache"],
+            ["--algorithm dual_cache", "unknown generation_algorithm 'dual_cache'"],
+        ),
     ],
     ids=["model-path", "model-hub-id", "engine", "algorithm"],
 )
@@ -98,7 +104,10 @@ def test_dserve_help_is_the_serve_help_with_defaults_and_variables():
     for command in ("bench", "eval", "plugins", "status"):  # the other commands are listed too
         assert re.search(rf"\b{command}\b", text.split("other commands", 1)[1]), command
     assert "--port PORT port to listen on (default: 8000; env: DSERVE_PORT)" in text
-    assert "--max-tokens MAX_TOKENS tokens to generate when a request gives no max_tokens (default: 128; env: DSERVE_MAX_TOKENS)" in text
+    assert (
+        "--max-tokens MAX_TOKENS tokens to generate when a request gives no max_tokens (default: 128; env: DSERVE_MAX_TOKENS)"
+        in text
+    )
     assert "--diffusion-steps" in text and "--block-size" in text and "--batch-size" in text
     assert "--enable-apd" in text and "DSERVE_APD_THRESHOLD" in text  # the fastdllm plugin's flags
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from unit.drive import run_to_completion
 
 from dserve.modeling.cuda_graphs import GraphedModel
 from dserve.modeling.tokenizer import chat_prompt_ids
@@ -9,12 +10,22 @@ from dserve.plugins import get_registry
 from dserve.sequence import Sequence
 from dserve_llada.config import LLaDAConfig
 from dserve_llada.model import random_llada
-from unit.drive import run_to_completion
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-SMALL = dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, mlp_hidden_size=1024, vocab_size=4096,
-             embedding_size=4096, max_sequence_length=1024, rope_theta=500000.0, mask_token_id=4095, eos_token_id=4094)
+SMALL = dict(
+    d_model=512,
+    n_layers=4,
+    n_heads=8,
+    n_kv_heads=8,
+    mlp_hidden_size=1024,
+    vocab_size=4096,
+    embedding_size=4096,
+    max_sequence_length=1024,
+    rope_theta=500000.0,
+    mask_token_id=4095,
+    eos_token_id=4094,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +50,19 @@ def test_graph_replay_equals_eager_forward(model):
         torch.testing.assert_close(graphed(ids[:, 8:16], pos, kv_cache=cache.use_rows(slice(0, 3))), eager_c)
 
 
-@pytest.mark.parametrize("name", ["llada/reference", "fastdllm/basic", "fastdllm/prefix_cache", "fastdllm/dual_cache",
-                                  "fastdllm/apd", "dinfer/dinfer_blockwise", "dinfer/dinfer_hierarchy", "dinfer/dinfer_credit"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llada/reference",
+        "fastdllm/basic",
+        "fastdllm/prefix_cache",
+        "fastdllm/dual_cache",
+        "fastdllm/apd",
+        "dinfer/dinfer_blockwise",
+        "dinfer/dinfer_hierarchy",
+        "dinfer/dinfer_credit",
+    ],
+)
 def test_algorithms_give_the_same_tokens_with_graphs(model, name):
     engine, alg = name.split("/")
     spec = get_registry().engine(engine).algorithm(alg)

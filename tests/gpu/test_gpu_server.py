@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from e2e.server import ServerProcess
 
 from dserve_llada import EMBEDDED_MODEL_DIR
-from e2e.server import ServerProcess
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -23,8 +23,17 @@ ALGORITHMS = ["fastdllm/dual_cache", "fastdllm/prefix_cache", "llada/reference",
 
 def _serve_and_ask(model_dir: Path, *flags: str) -> dict:
     server = ServerProcess(
-        "--model", str(model_dir), "--load-format", "dummy", "--tokenizer", str(EMBEDDED_MODEL_DIR),
-        "--device", "cuda", "--max-batch-size", "8", *flags,
+        "--model",
+        str(model_dir),
+        "--load-format",
+        "dummy",
+        "--tokenizer",
+        str(EMBEDDED_MODEL_DIR),
+        "--device",
+        "cuda",
+        "--max-batch-size",
+        "8",
+        *flags,
     )
     try:
         model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
@@ -32,8 +41,15 @@ def _serve_and_ask(model_dir: Path, *flags: str) -> dict:
         def ask(job):
             algorithm, words, max_tokens = job
             engine, alg = algorithm.split("/")
-            body = {"model": model_id, "messages": [{"role": "user", "content": "word " * words}], "max_tokens": max_tokens,
-                    "temperature": 0, "engine": engine, "generation_algorithm": alg, "ignore_eos": True}
+            body = {
+                "model": model_id,
+                "messages": [{"role": "user", "content": "word " * words}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "engine": engine,
+                "generation_algorithm": alg,
+                "ignore_eos": True,
+            }
             if engine == "fastdllm":
                 body["steps"] = max_tokens // 4
             r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=300)
@@ -57,8 +73,18 @@ def _serve_and_ask(model_dir: Path, *flags: str) -> dict:
 def test_graphed_server_equals_eager_server(tmp_path):
     config = json.loads(SHAPE.read_text())
     # the embedded tokenizer's vocabulary and special ids, so that every generated id decodes
-    config.update(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, mlp_hidden_size=1024, vocab_size=264,
-                  embedding_size=264, mask_token_id=261, eos_token_id=257, eot_token_id=260)
+    config.update(
+        d_model=512,
+        n_layers=4,
+        n_heads=8,
+        n_kv_heads=8,
+        mlp_hidden_size=1024,
+        vocab_size=264,
+        embedding_size=264,
+        mask_token_id=261,
+        eos_token_id=257,
+        eot_token_id=260,
+    )
     (tmp_path / "config.json").write_text(json.dumps(config))
     graphed = _serve_and_ask(tmp_path)
     eager = _serve_and_ask(tmp_path, "--enforce-eager")

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from e2e.server import ServerProcess
 
 from dserve_llada import EMBEDDED_MODEL_DIR
-from e2e.server import ServerProcess
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -28,12 +28,32 @@ def test_out_of_memory_sheds_requests_and_the_server_keeps_serving(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     fraction = 2**30 / torch.cuda.get_device_properties(0).total_memory
     server = ServerProcess(
-        "--model", str(tmp_path), "--load-format", "dummy", "--tokenizer", str(EMBEDDED_MODEL_DIR),
-        "--device", "cuda", "--gpu-memory-utilization", f"{fraction:.5f}", "--enforce-eager",
-        "--max-batch-size", "32", "--engine", "fastdllm", "--algorithm", "dual_cache",
+        "--model",
+        str(tmp_path),
+        "--load-format",
+        "dummy",
+        "--tokenizer",
+        str(EMBEDDED_MODEL_DIR),
+        "--device",
+        "cuda",
+        "--gpu-memory-utilization",
+        f"{fraction:.5f}",
+        "--enforce-eager",
+        "--max-batch-size",
+        "32",
+        "--engine",
+        "fastdllm",
+        "--algorithm",
+        "dual_cache",
     )
-    body = {"model": "x", "messages": [{"role": "user", "content": "word " * 40}], "max_tokens": 64,
-            "steps": 16, "block_length": 32, "ignore_eos": True}
+    body = {
+        "model": "x",
+        "messages": [{"role": "user", "content": "word " * 40}],
+        "max_tokens": 64,
+        "steps": 16,
+        "block_length": 32,
+        "ignore_eos": True,
+    }
     try:
         model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
         body["model"] = model_id

@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from e2e.conftest import MODEL_ARGS
 from e2e.server import ServerProcess
+from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MODEL_ARGS", "ServerProcess", "fault_env", "json_log_lines", "wait_for", "scrape", "sample", "wait_idle", "model_info"]
+__all__ = [
+    "MODEL_ARGS",
+    "ServerProcess",
+    "fault_env",
+    "json_log_lines",
+    "wait_for",
+    "scrape",
+    "sample",
+    "wait_idle",
+    "model_info",
+]
 
 
 def json_log_lines(server: ServerProcess) -> list[dict[str, Any]]:

@@ -69,5 +69,11 @@ def test_huge_prompts_are_refused_without_stalling_the_server(server, path, body
     # them there cost seconds each. The bound is far from both.
     worst = max(latencies)
     assert worst < max(2.0, 50 * statistics.median(idle)), (worst, statistics.median(idle))
-    ok = httpx.post(url + "/v1/chat/completions", json=body(model, "hi") if path == "/v1/chat/completions" else {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=120)
+    ok = httpx.post(
+        url + "/v1/chat/completions",
+        json=body(model, "hi")
+        if path == "/v1/chat/completions"
+        else {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=120,
+    )
     assert ok.status_code == 200

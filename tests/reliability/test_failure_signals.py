@@ -31,7 +31,15 @@ def _chat(model: str, **extra) -> dict:
 def slow():
     """Every fastdllm/basic step sleeps 0.5 s; requests time out after 2 s."""
     srv = ServerProcess(
-        *MODEL_ARGS, "--block-length", "4", "--request-timeout", "2", "--body-read-timeout", "2", "--shutdown-grace", "30",
+        *MODEL_ARGS,
+        "--block-length",
+        "4",
+        "--request-timeout",
+        "2",
+        "--body-read-timeout",
+        "2",
+        "--shutdown-grace",
+        "30",
         env=fault_env("step_sleeps:fastdllm/basic", DSERVE_TEST_STEP_SLEEP="0.5"),
     )
     yield srv
@@ -42,7 +50,16 @@ def test_a_stream_that_ends_in_an_error_counts_as_a_failure(slow):
     url = slow.url
     model = model_info(url)["id"]
     before = scrape(url)
-    long = _chat(model, engine="fastdllm", generation_algorithm="basic", max_tokens=64, steps=64, block_length=64, ignore_eos=True, stream=True)
+    long = _chat(
+        model,
+        engine="fastdllm",
+        generation_algorithm="basic",
+        max_tokens=64,
+        steps=64,
+        block_length=64,
+        ignore_eos=True,
+        stream=True,
+    )
     with httpx.stream("POST", url + CHAT, json=long, timeout=120) as r:
         assert r.status_code == 200
         text = r.read().decode()
@@ -50,7 +67,9 @@ def test_a_stream_that_ends_in_an_error_counts_as_a_failure(slow):
     after = scrape(url)
     label = {"endpoint": CHAT}
     assert sample(after, "dserve_request_success_total", **label) == sample(before, "dserve_request_success_total", **label)
-    failed = sample(after, "dserve_request_failure_total", status="504", **label) - sample(before, "dserve_request_failure_total", status="504", **label)
+    failed = sample(after, "dserve_request_failure_total", status="504", **label) - sample(
+        before, "dserve_request_failure_total", status="504", **label
+    )
     assert failed == 1
 
 
@@ -81,7 +100,9 @@ def test_a_slow_but_complete_upload_is_not_cut(slow):
     model = model_info(slow.url)["id"]
     body = httpx.Request("POST", "/", json=_chat(model)).content
     with socket.create_connection(("127.0.0.1", slow.port), timeout=60) as s:
-        s.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
         s.sendall(body[:10])
         time.sleep(0.5)
         s.sendall(body[10:])
@@ -100,9 +121,16 @@ def test_draining_503_carries_retry_after(slow):
 
         with cf.ThreadPoolExecutor(1) as pool:
             inflight = pool.submit(c.post, url + CHAT, json=long)
-            wait_for(lambda: httpx.get(url + "/batch/stats", timeout=10).json()["running_requests"] == 1, 60, 0.05, "a request running")
+            wait_for(
+                lambda: httpx.get(url + "/batch/stats", timeout=10).json()["running_requests"] == 1, 60, 0.05, "a request running"
+            )
             slow.terminate()
-            r = wait_for(lambda: (x := httpx.post(url + CHAT, json=_chat(model), timeout=30)).status_code == 503 and x, 30, 0.05, "503 while draining")
+            r = wait_for(
+                lambda: (x := httpx.post(url + CHAT, json=_chat(model), timeout=30)).status_code == 503 and x,
+                30,
+                0.05,
+                "503 while draining",
+            )
             assert r.json()["error"]["code"] == "server_shutting_down"
             assert int(r.headers["retry-after"]) > 0
             inflight.result()

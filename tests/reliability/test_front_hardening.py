@@ -35,8 +35,17 @@ def _all_healthy(url: str) -> bool:
 @pytest.fixture(scope="module")
 def front():
     srv = ServerProcess(
-        *MODEL_ARGS, *FRONT, "--api-key", KEY_A, "--api-key", KEY_B, "--request-timeout", str(REQUEST_TIMEOUT),
-        "--block-length", "4", ready_timeout=240,
+        *MODEL_ARGS,
+        *FRONT,
+        "--api-key",
+        KEY_A,
+        "--api-key",
+        KEY_B,
+        "--request-timeout",
+        str(REQUEST_TIMEOUT),
+        "--block-length",
+        "4",
+        ready_timeout=240,
     )
     wait_for(lambda: _all_healthy(srv.url), 240, 0.2, "both workers healthy")
     yield srv
@@ -54,9 +63,17 @@ def _chat(model: str, **extra) -> dict:
 
 def test_front_statistics_reach_the_workers_behind_an_api_key(front, model):
     for _ in range(2):
-        assert httpx.post(front.url + "/v1/chat/completions", json=_chat(model), headers=A, timeout=CLIENT_TIMEOUT).status_code == 200
+        assert (
+            httpx.post(front.url + "/v1/chat/completions", json=_chat(model), headers=A, timeout=CLIENT_TIMEOUT).status_code
+            == 200
+        )
     # the front refreshes workers' statistics at most every 0.5 s: poll until they show the work
-    stats = wait_for(lambda: (x := httpx.get(front.url + "/stats", headers=A, timeout=10).json())["requests_finished"] >= 2 and x, 30, 0.2, "statistics of the two requests")
+    stats = wait_for(
+        lambda: (x := httpx.get(front.url + "/stats", headers=A, timeout=10).json())["requests_finished"] >= 2 and x,
+        30,
+        0.2,
+        "statistics of the two requests",
+    )
     assert stats["workers_reporting"] == 2, stats
     assert stats["total_steps"] > 0
     assert all(w["batch_stats"] for w in _workers(front.url))
@@ -81,12 +98,21 @@ def test_a_trailing_slash_redirect_points_at_the_front(front):
 
 
 def test_job_results_are_bound_to_the_key_that_submitted_them(front):
-    r = httpx.post(front.url + "/v1/generate_batch", json={"prompts": ["hi", "yo"], "gen_length": 4}, headers=A, timeout=CLIENT_TIMEOUT)
+    r = httpx.post(
+        front.url + "/v1/generate_batch", json={"prompts": ["hi", "yo"], "gen_length": 4}, headers=A, timeout=CLIENT_TIMEOUT
+    )
     assert r.status_code == 200, r.text
     ids = r.json()["request_ids"]
     assert all(isinstance(i, str) and len(i) >= 16 and not i.isdigit() for i in ids), ids
     for job in ids:
-        done = wait_for(lambda job=job: (x := httpx.get(f"{front.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x, 60, 0.1, "job done")
+        done = wait_for(
+            lambda job=job: (
+                (x := httpx.get(f"{front.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x
+            ),
+            60,
+            0.1,
+            "job done",
+        )
         assert done["status"] == "finished" and done["request_id"] == job
         other = httpx.get(f"{front.url}/v1/result/{job}", headers=B, timeout=10)
         assert other.status_code == 404 and other.json()["error"]["code"] == "request_not_found"
@@ -98,6 +124,7 @@ def test_a_stopped_worker_does_not_hold_clients_past_the_request_timeout(front, 
     stopped = _workers(front.url)[0]
     os.kill(stopped["pid"], signal.SIGSTOP)
     try:
+
         def one(_):
             start = time.monotonic()
             r = httpx.post(front.url + "/v1/chat/completions", json=_chat(model), headers=A, timeout=CLIENT_TIMEOUT)
@@ -107,7 +134,7 @@ def test_a_stopped_worker_does_not_hold_clients_past_the_request_timeout(front, 
             results = list(pool.map(one, range(2)))
     finally:
         os.kill(stopped["pid"], signal.SIGCONT)
-    for status, worker, elapsed in results:
+    for status, _worker, elapsed in results:
         # the front's upstream read timeout: --request-timeout + 5 s, with room for a slow machine
         assert elapsed < REQUEST_TIMEOUT + 5 + 15, results
         assert status in (200, 504), results
@@ -117,14 +144,24 @@ def test_a_stopped_worker_does_not_hold_clients_past_the_request_timeout(front, 
 
 def test_the_front_restarts_a_worker_whose_scheduler_stalls():
     srv = ServerProcess(
-        *MODEL_ARGS, *FRONT, "--request-timeout", "3", "--block-length", "4", ready_timeout=240,
+        *MODEL_ARGS,
+        *FRONT,
+        "--request-timeout",
+        "3",
+        "--block-length",
+        "4",
+        ready_timeout=240,
         env=fault_env("step_hangs:fastdllm/basic", DSERVE_SCHEDULER_STALL_TIMEOUT="10"),  # after the 504 went out
     )
     try:
         url = srv.url
         wait_for(lambda: _all_healthy(url), 240, 0.2, "both workers healthy")
         model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
-        r = httpx.post(url + "/v1/chat/completions", json=_chat(model, engine="fastdllm", generation_algorithm="basic"), timeout=CLIENT_TIMEOUT)
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json=_chat(model, engine="fastdllm", generation_algorithm="basic"),
+            timeout=CLIENT_TIMEOUT,
+        )
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
         hung = int(r.headers["x-dserve-worker"])
         restarted = wait_for(lambda: _workers(url)[hung]["restarts"] >= 1, 120, 0.5, "the stalled worker restarted")

@@ -63,10 +63,28 @@ def _cases(model: str, context: int) -> list[tuple[str, str, bytes, str | None, 
         ("cfg_scale -Infinity", chat, head + b'"cfg_scale": -Infinity}', None, "invalid_json"),
         ("NaN in an algorithm parameter", chat, head + b'"my_param": NaN}', None, "invalid_json"),
         # structure
-        ("arrays nested 100000 deep", chat, b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "invalid_json"),
+        (
+            "arrays nested 100000 deep",
+            chat,
+            b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            None,
+            "invalid_json",
+        ),
         ("objects nested 200 deep", chat, head + b'"x": ' + b'{"a": ' * 200 + b"1" + b"}" * 200 + b"}", None, "invalid_json"),
-        ("invalid UTF-8", chat, b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}', None, "invalid_json"),
-        ("lone surrogate escape", chat, b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800x"}]}' % model.encode(), None, "invalid_json"),
+        (
+            "invalid UTF-8",
+            chat,
+            b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}',
+            None,
+            "invalid_json",
+        ),
+        (
+            "lone surrogate escape",
+            chat,
+            b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800x"}]}' % model.encode(),
+            None,
+            "invalid_json",
+        ),
         ("truncated JSON", chat, b'{"model": "m", "messages": [', None, "invalid_json"),
         ("empty body", chat, b"", None, "invalid_json"),
         ("JSON array body", chat, b"[1, 2]", None, "invalid_json"),
@@ -82,16 +100,46 @@ def _cases(model: str, context: int) -> list[tuple[str, str, bytes, str | None, 
         ("unknown parameter", chat, _raw(_chat(model, bogus=1)), "bogus", None),
         # 1 MB strings: refused from their length in characters, before tokenizing (the prompt
         # alone cannot fit, so the prompt is the param, as OpenAI names it)
-        ("1 MB chat prompt", chat, _raw({"model": model, "messages": [{"role": "user", "content": "a" * MB}], "max_tokens": 2}), "messages", "context_length_exceeded"),
-        ("1 MB completion prompt", cmpl, _raw({"model": model, "prompt": "a" * MB, "max_tokens": 2}), "prompt", "context_length_exceeded"),
+        (
+            "1 MB chat prompt",
+            chat,
+            _raw({"model": model, "messages": [{"role": "user", "content": "a" * MB}], "max_tokens": 2}),
+            "messages",
+            "context_length_exceeded",
+        ),
+        (
+            "1 MB completion prompt",
+            cmpl,
+            _raw({"model": model, "prompt": "a" * MB, "max_tokens": 2}),
+            "prompt",
+            "context_length_exceeded",
+        ),
         ("1 MB model name", chat, _raw({"model": "m" * MB, "messages": [{"role": "user", "content": "hi"}]}), "model", None),
         ("1 MB engine name", chat, _raw(_chat(model, engine="e" * MB)), "engine", None),
         # prompts longer than the context
-        ("chat prompt longer than the context", chat, _raw({"model": model, "messages": [{"role": "user", "content": "ab " * context}], "max_tokens": 2}), "max_tokens", "context_length_exceeded"),
-        ("token prompt as long as the context", cmpl, _raw({"model": model, "prompt": [1] * context, "max_tokens": 1}), "max_tokens", "context_length_exceeded"),
+        (
+            "chat prompt longer than the context",
+            chat,
+            _raw({"model": model, "messages": [{"role": "user", "content": "ab " * context}], "max_tokens": 2}),
+            "max_tokens",
+            "context_length_exceeded",
+        ),
+        (
+            "token prompt as long as the context",
+            cmpl,
+            _raw({"model": model, "prompt": [1] * context, "max_tokens": 1}),
+            "max_tokens",
+            "context_length_exceeded",
+        ),
         ("max_tokens past the context", chat, _raw(_chat(model, max_tokens=context)), "max_tokens", "context_length_exceeded"),
         ("token ids out of the vocabulary", cmpl, _raw({"model": model, "prompt": [-1, 10**12]}), "prompt", None),
-        ("more generations than the queue holds", cmpl, _raw({"model": model, "prompt": ["a"] * 200, "n": 2, "max_tokens": 1}), "n", "too_many_generations"),
+        (
+            "more generations than the queue holds",
+            cmpl,
+            _raw({"model": model, "prompt": ["a"] * 200, "n": 2, "max_tokens": 1}),
+            "n",
+            "too_many_generations",
+        ),
         ("300 async prompts", "/v1/generate_batch", _raw({"prompts": ["a"] * 300}), "prompts", None),
     ]
 
@@ -153,7 +201,9 @@ def test_rejected_batch_leaves_nothing_running(server, info):
     """A request refused part-way (its second prompt does not fit) must not leave its first
     prompt decoding: all or nothing, for completions and for async job batches."""
     short, long = "hi", "ab " * info["max_model_len"]
-    r = httpx.post(server.url + "/v1/completions", json={"model": info["id"], "prompt": [short, long], "max_tokens": 400}, timeout=60)
+    r = httpx.post(
+        server.url + "/v1/completions", json={"model": info["id"], "prompt": [short, long], "max_tokens": 400}, timeout=60
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = httpx.post(server.url + "/v1/generate_batch", json={"prompts": [short, long], "gen_length": 400}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"

@@ -7,9 +7,9 @@ import time
 
 import httpx
 import pytest
+
 from dserve.front.jobs import JobMap
 from dserve.routes.jobs import JobStore
-
 from reliability.helpers import MODEL_ARGS, ServerProcess, wait_for
 
 A = {"authorization": "Bearer key-a"}
@@ -24,13 +24,22 @@ def server():
 
 
 def test_job_ids_are_random_and_readable_only_by_their_key(server):
-    r = httpx.post(server.url + "/v1/generate_batch", json={"prompts": ["hi", "yo", "hey"], "gen_length": 4}, headers=A, timeout=120)
+    r = httpx.post(
+        server.url + "/v1/generate_batch", json={"prompts": ["hi", "yo", "hey"], "gen_length": 4}, headers=A, timeout=120
+    )
     assert r.status_code == 200, r.text
     ids = r.json()["request_ids"]
     assert len(set(ids)) == 3
     assert all(isinstance(i, str) and len(i) >= 16 for i in ids), ids  # >= 96 random bits, not a counter
     for job in ids:
-        done = wait_for(lambda job=job: (x := httpx.get(f"{server.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x, 60, 0.05, "job done")
+        done = wait_for(
+            lambda job=job: (
+                (x := httpx.get(f"{server.url}/v1/result/{job}", headers=A, timeout=10).json())["status"] != "running" and x
+            ),
+            60,
+            0.05,
+            "job done",
+        )
         assert done["status"] == "finished" and done["request_id"] == job
         stolen = httpx.get(f"{server.url}/v1/result/{job}", headers=B, timeout=10)
         assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "request_not_found", stolen.text

@@ -23,7 +23,7 @@ CONCURRENCY = 64
 
 
 def _sse_events(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
 
 
 def _check_error(status: int, body: dict, headers, code: str) -> None:
@@ -106,11 +106,15 @@ def test_1000_requests_at_concurrency_64_end_200_or_429(busy_server):
     # the server agrees: each request counted once, as a success or a 429
     m = scrape(url)
     counted = sum(
-        sample(m, "dserve_request_success_total", endpoint=e) + sample(m, "dserve_request_failure_total", endpoint=e, status="429")
+        sample(m, "dserve_request_success_total", endpoint=e)
+        + sample(m, "dserve_request_failure_total", endpoint=e, status="429")
         for e in ("/v1/chat/completions", "/v1/completions")
     )
     assert counted == TOTAL
-    assert sum(sample(m, "dserve_request_success_total", endpoint=e) for e in ("/v1/chat/completions", "/v1/completions")) == statuses[200]
+    assert (
+        sum(sample(m, "dserve_request_success_total", endpoint=e) for e in ("/v1/chat/completions", "/v1/completions"))
+        == statuses[200]
+    )
 
     # healthy and idle afterwards
     stats = wait_idle(url)
@@ -139,7 +143,10 @@ def test_sigterm_drains_in_flight_and_refuses_new_work():
         def streamed(i):
             chunks = list(
                 client.chat.completions.create(
-                    messages=[{"role": "user", "content": f"drain {i}"}], stream=True, stream_options={"include_usage": True}, **long
+                    messages=[{"role": "user", "content": f"drain {i}"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **long,
                 )
             )
             return chunks, time.monotonic()
@@ -157,7 +164,10 @@ def test_sigterm_drains_in_flight_and_refuses_new_work():
             while srv.proc.poll() is None:
                 assert time.monotonic() < deadline, "the server did not exit after SIGTERM"
                 try:
-                    r = c.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "new"}], "max_tokens": 2})
+                    r = c.post(
+                        "/v1/chat/completions",
+                        json={"model": model, "messages": [{"role": "user", "content": "new"}], "max_tokens": 2},
+                    )
                     if not all(f.done() for f in futures):
                         ready = c.get("/health/ready")
                         assert ready.status_code == 503 and ready.json()["ready"] is False
@@ -249,10 +259,18 @@ def test_disconnect_storm_frees_every_slot(storm_server):
     assert stats["running_requests"] == 0 and stats["queue_depth"] == 0
     freed_in = time.monotonic() - start
     assert freed_in < 15
-    r = httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "still there?"}], "max_tokens": 4}, timeout=60)
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "still there?"}], "max_tokens": 4},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
     m = wait_for(
-        lambda: (lambda m: m if sample(m, "dserve_request_failure_total", endpoint="/v1/chat/completions", status="499") == 60 else None)(scrape(url)),
+        lambda: (
+            lambda m: (
+                m if sample(m, "dserve_request_failure_total", endpoint="/v1/chat/completions", status="499") == 60 else None
+            )
+        )(scrape(url)),
         10,
         what="60 requests counted as 499 (client gone)",
     )

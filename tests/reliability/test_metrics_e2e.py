@@ -43,12 +43,23 @@ def traffic(server):
             usages.append(r.usage)
             texts.append(r.choices[0].message.content)
     # one chat request decoding several tokens per step (16 tokens in 4 steps)
-    r = client.chat.completions.create(messages=[{"role": "user", "content": "fast"}], model=model, max_tokens=16, extra_body={"ignore_eos": True, "steps": 4})
+    r = client.chat.completions.create(
+        messages=[{"role": "user", "content": "fast"}], model=model, max_tokens=16, extra_body={"ignore_eos": True, "steps": 4}
+    )
     usages.append(r.usage)
     texts.append(r.choices[0].message.content)
     # 2 streamed completions with usage
     for prompt in ("abc", "a longer prompt"):
-        chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=5, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+        chunks = list(
+            client.completions.create(
+                model=model,
+                prompt=prompt,
+                max_tokens=5,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+        )
         usages.append(chunks[-1].usage)
         texts.append("".join(c.choices[0].text for c in chunks if c.choices))
     # one completion with n=2
@@ -103,8 +114,10 @@ def test_token_counters_match_usage(server, traffic):
     with_text = sum(1 for t in traffic["texts"] if t)
     assert sample(m, "dserve_time_to_first_token_seconds_count") == with_text
     # (n=2 gives one request two observations: hence the factor 2)
-    assert 0 <= sample(m, "dserve_time_to_first_token_seconds_sum") <= 2 * sum(
-        v for (name, _), v in m.items() if name == "dserve_request_latency_seconds_sum"
+    assert (
+        0
+        <= sample(m, "dserve_time_to_first_token_seconds_sum")
+        <= 2 * sum(v for (name, _), v in m.items() if name == "dserve_request_latency_seconds_sum")
     )
     assert sample(m, "dserve_time_to_first_token_seconds_bucket", le="+Inf") == with_text
 

@@ -27,14 +27,21 @@ K1 = {"Authorization": "Bearer k1"}
 def server():
     srv = ServerProcess(
         *MODEL_ARGS,
-        "--api-key", "k1",
-        "--api-key", "k2",
-        "--rate-limit-requests", str(RATE),
-        "--max-body-bytes", str(MAX_BODY),
-        "--cors-origin", ORIGIN,
+        "--api-key",
+        "k1",
+        "--api-key",
+        "k2",
+        "--rate-limit-requests",
+        str(RATE),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--cors-origin",
+        ORIGIN,
         "--log-json",
-        "--max-tokens", "8",
-        "--block-length", "8",  # short canvases: cheap decoding on a busy CPU
+        "--max-tokens",
+        "8",
+        "--block-length",
+        "8",  # short canvases: cheap decoding on a busy CPU
     )
     yield srv
     srv.stop()
@@ -113,7 +120,9 @@ def test_openai_client_sees_authentication_error(server, model_id):
 
 
 def test_every_configured_key_works(server, model_id):
-    out = _client(server, "k1").chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    out = _client(server, "k1").chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     assert out.choices[0].finish_reason in ("stop", "length")
     assert [m.id for m in _client(server, "k2").models.list().data] == [model_id]
 
@@ -187,7 +196,9 @@ def test_body_at_the_limit_is_served(server, model_id):
     body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
     body = body + " " * (MAX_BODY - len(body))  # JSON allows trailing whitespace
     assert len(body.encode()) == MAX_BODY
-    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={**K1, "content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        server.url + "/v1/chat/completions", content=body, headers={**K1, "content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == 200, r.text
 
 
@@ -240,7 +251,9 @@ def test_cors_preflight_and_headers(server):
     r = httpx.get(server.url + "/v1/models", headers={"Origin": ORIGIN})
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
     # other origins and same-origin calls get no CORS headers
-    assert "access-control-allow-origin" not in httpx.get(server.url + "/v1/models", headers={**K1, "Origin": "http://evil"}).headers
+    assert (
+        "access-control-allow-origin" not in httpx.get(server.url + "/v1/models", headers={**K1, "Origin": "http://evil"}).headers
+    )
     assert "access-control-allow-origin" not in httpx.get(server.url + "/v1/models", headers=K1).headers
 
 
@@ -252,7 +265,13 @@ def test_json_log_fields_and_no_prompt_text(server, model_id):
     rid = f"log-{uuid.uuid4().hex[:8]}"
     r = httpx.post(
         server.url + "/v1/chat/completions",
-        json={"model": model_id, "messages": [{"role": "user", "content": secret}], "max_tokens": 5, "steps": 5, "ignore_eos": True},
+        json={
+            "model": model_id,
+            "messages": [{"role": "user", "content": secret}],
+            "max_tokens": 5,
+            "steps": 5,
+            "ignore_eos": True,
+        },
         headers={**K1, "X-Request-Id": rid},
         timeout=60,
     )
@@ -286,7 +305,7 @@ def test_json_log_fields_and_no_prompt_text(server, model_id):
     # a rejected prompt is not logged either
     r = httpx.post(server.url + "/v1/completions", json={"model": model_id, "prompt": secret, "n": 0}, headers=K1)
     assert r.status_code == 400
-    wait_for(lambda: any(l.get("status") == 400 for l in json_log_lines(server)), 10, what="the 400's log line")
+    wait_for(lambda: any(line.get("status") == 400 for line in json_log_lines(server)), 10, what="the 400's log line")
     assert secret not in server.logs()
     assert "prompt_text" not in server.logs()
 
@@ -314,6 +333,11 @@ def test_env_vars_api_key_metrics_key_and_log_prompts(env_server):
     assert out.usage.completion_tokens <= 2
     line = _log_line(env_server, "env-chat")
     assert line["prompt_text"] == [{"role": "user", "content": secret}]
-    r = httpx.post(url + "/v1/completions", json={"model": mid, "prompt": secret, "max_tokens": 2}, headers={**key, "X-Request-Id": "env-cmpl"}, timeout=60)
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"model": mid, "prompt": secret, "max_tokens": 2},
+        headers={**key, "X-Request-Id": "env-cmpl"},
+        timeout=60,
+    )
     assert r.status_code == 200
     assert _log_line(env_server, "env-cmpl")["prompt_text"] == secret

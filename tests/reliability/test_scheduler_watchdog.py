@@ -51,7 +51,11 @@ def test_a_runner_that_fails_to_build_fails_its_requests_and_the_server_keeps_se
 @pytest.fixture()
 def hanging():
     srv = ServerProcess(
-        *MODEL_ARGS, "--block-length", "4", "--request-timeout", "3",
+        *MODEL_ARGS,
+        "--block-length",
+        "4",
+        "--request-timeout",
+        "3",
         env=fault_env("step_hangs:fastdllm/basic", DSERVE_SCHEDULER_STALL_TIMEOUT="5"),
     )
     yield srv
@@ -77,7 +81,9 @@ def test_the_watchdog_answers_requests_of_a_hung_scheduler_and_health_turns_unhe
     assert '"code":"timeout"' in text and time.monotonic() - start < 3 + 2 + 1 + 10
 
     # the loop has not gone round for longer than DSERVE_SCHEDULER_STALL_TIMEOUT with work pending
-    health = wait_for(lambda: (h := httpx.get(url + "/health", timeout=10)).status_code == 503 and h, timeout=60, what="/health 503")
+    health = wait_for(
+        lambda: (h := httpx.get(url + "/health", timeout=10)).status_code == 503 and h, timeout=60, what="/health 503"
+    )
     body = health.json()
     assert body["status"] == "stalled" and "scheduler" in body["error"], body
     assert httpx.get(url + "/health/ready", timeout=10).status_code == 503

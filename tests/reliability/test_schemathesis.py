@@ -52,12 +52,18 @@ def server():
     # --request-timeout only turns a hang into a (failing) 504 instead of a stuck test
     srv = ServerProcess(
         *MODEL_ARGS,
-        "--max-tokens", "2",
-        "--block-length", "2",
-        "--steps", "1",  # defaults for what a generated body leaves out: one forward pass
-        "--request-timeout", "50",
-        "--shutdown-grace", "5",
-        "--max-batch-size", "16",
+        "--max-tokens",
+        "2",
+        "--block-length",
+        "2",
+        "--steps",
+        "1",  # defaults for what a generated body leaves out: one forward pass
+        "--request-timeout",
+        "50",
+        "--shutdown-grace",
+        "5",
+        "--max-batch-size",
+        "16",
     )
     yield srv
     srv.stop()
@@ -86,9 +92,26 @@ def api_schema_coverage(server):
 def front():
     """A two-worker front on the CPU, with the same cheap defaults as `server`."""
     srv = ServerProcess(
-        *MODEL_ARGS, "--gpus", "2", "--device", "cpu", "--worker-start-interval", "0",
-        "--max-tokens", "2", "--block-length", "2", "--steps", "1", "--request-timeout", "50",
-        "--shutdown-grace", "5", "--max-batch-size", "16", ready_timeout=240,
+        *MODEL_ARGS,
+        "--gpus",
+        "2",
+        "--device",
+        "cpu",
+        "--worker-start-interval",
+        "0",
+        "--max-tokens",
+        "2",
+        "--block-length",
+        "2",
+        "--steps",
+        "1",
+        "--request-timeout",
+        "50",
+        "--shutdown-grace",
+        "5",
+        "--max-batch-size",
+        "16",
+        ready_timeout=240,
     )
     import httpx
 
@@ -192,8 +215,18 @@ def test_every_route_is_documented(server):
 
     paths = set(httpx.get(server.url + "/openapi.json").json()["paths"])
     expected = {
-        "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/generate", "/v1/generate_batch",
-        "/v1/result/{request_id}", "/health", "/health/live", "/health/ready", "/generation/algorithms",
-        "/v1/engine/stats", "/batch/stats", "/metrics",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/generate",
+        "/v1/generate_batch",
+        "/v1/result/{request_id}",
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/generation/algorithms",
+        "/v1/engine/stats",
+        "/batch/stats",
+        "/metrics",
     }
     assert expected <= paths, expected - paths

@@ -95,12 +95,20 @@ async def _one(client: httpx.AsyncClient, model: str, rng: random.Random, tally:
     kind = rng.choices(KINDS, WEIGHTS)[0]
     alg = rng.choice(ALGORITHMS)
     n = rng.choice([4, 8, 16])
-    chat = {"model": model, "messages": [{"role": "user", "content": f"soak {rng.random()}"}], "max_tokens": n, "block_length": 4, **alg}
+    chat = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"soak {rng.random()}"}],
+        "max_tokens": n,
+        "block_length": 4,
+        **alg,
+    }
     start = time.monotonic()
     if kind in ("stream", "cancel"):
         body = {**chat, "stream": True}
         if kind == "cancel":
-            body.update(max_tokens=256, block_length=256, steps=256, ignore_eos=True, engine="llada", generation_algorithm="reference")
+            body.update(
+                max_tokens=256, block_length=256, steps=256, ignore_eos=True, engine="llada", generation_algorithm="reference"
+            )
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             worker = r.headers.get("x-dserve-worker")
             if kind == "cancel" and r.status_code == 200:
@@ -131,7 +139,9 @@ async def _one(client: httpx.AsyncClient, model: str, rng: random.Random, tally:
         while True:
             start = time.monotonic()
             res = await client.get(f"/v1/result/{job}")
-            tally.record("poll", "/v1/result/{request_id}", res.status_code, res.headers.get("x-dserve-worker"), time.monotonic() - start)
+            tally.record(
+                "poll", "/v1/result/{request_id}", res.status_code, res.headers.get("x-dserve-worker"), time.monotonic() - start
+            )
             if res.status_code != 200 or res.json()["status"] != "running":
                 return
             await asyncio.sleep(0.2)
@@ -139,10 +149,16 @@ async def _one(client: httpx.AsyncClient, model: str, rng: random.Random, tally:
         r = await client.post("/v1/chat/completions", content=b"x" * (MAX_BODY + 1), headers={"content-type": "application/json"})
         endpoint = "/v1/chat/completions"
     elif kind == "malformed":
-        r = await client.post("/v1/chat/completions", content=b'{"model": "' + model.encode() + b'", "messages": [', headers={"content-type": "application/json"})
+        r = await client.post(
+            "/v1/chat/completions",
+            content=b'{"model": "' + model.encode() + b'", "messages": [',
+            headers={"content-type": "application/json"},
+        )
         endpoint = "/v1/chat/completions"
     elif kind == "completion":
-        r = await client.post("/v1/completions", json={"model": model, "prompt": f"soak {rng.random()}", "max_tokens": n, "block_length": 4, **alg})
+        r = await client.post(
+            "/v1/completions", json={"model": model, "prompt": f"soak {rng.random()}", "max_tokens": n, "block_length": 4, **alg}
+        )
         endpoint = "/v1/completions"
     else:
         r = await client.post("/v1/chat/completions", json=chat)
@@ -197,9 +213,28 @@ def _request_counts(url: str) -> dict[tuple[str, str, str], float]:
 @pytest.mark.slow
 def test_soak_two_workers_with_faults():
     srv = ServerProcess(
-        *MODEL_ARGS, "--gpus", "2", "--device", "cpu", "--worker-start-interval", "0", "--shutdown-grace", "10",
-        "--request-timeout", str(REQUEST_TIMEOUT), "--max-body-bytes", str(MAX_BODY), "--max-batch-size", "16",
-        "--max-queue-size", "64", "--block-length", "4", "--result-ttl", "60", ready_timeout=300,
+        *MODEL_ARGS,
+        "--gpus",
+        "2",
+        "--device",
+        "cpu",
+        "--worker-start-interval",
+        "0",
+        "--shutdown-grace",
+        "10",
+        "--request-timeout",
+        str(REQUEST_TIMEOUT),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--max-batch-size",
+        "16",
+        "--max-queue-size",
+        "64",
+        "--block-length",
+        "4",
+        "--result-ttl",
+        "60",
+        ready_timeout=300,
     )
     try:
         url = srv.url
@@ -223,20 +258,31 @@ def test_soak_two_workers_with_faults():
         wait_for(lambda: _all_healthy(url), 300, 0.5, "both workers healthy after the faults")
         ws = _workers(url)
         assert ws[0]["restarts"] >= 1
-        wait_for(lambda: all(httpx.get(w["url"] + "/batch/stats", timeout=30).json()["running_requests"] == 0 for w in _workers(url)), 120, 0.5, "idle workers")
+        wait_for(
+            lambda: all(httpx.get(w["url"] + "/batch/stats", timeout=30).json()["running_requests"] == 0 for w in _workers(url)),
+            120,
+            0.5,
+            "idle workers",
+        )
         time.sleep(1)  # let the last cancelled streams' 499s land
         before = _request_counts(url)
         rss_start = {w["id"]: _rss_bytes(w["pid"]) for w in _workers(url)}
 
         asyncio.run(_load(url, model, SECONDS / 2, second, 2))
-        wait_for(lambda: all(httpx.get(w["url"] + "/batch/stats", timeout=30).json()["running_requests"] == 0 for w in _workers(url)), 120, 0.5, "idle workers")
+        wait_for(
+            lambda: all(httpx.get(w["url"] + "/batch/stats", timeout=30).json()["running_requests"] == 0 for w in _workers(url)),
+            120,
+            0.5,
+            "idle workers",
+        )
         time.sleep(1)
         after = _request_counts(url)
         ws = _workers(url)
         rss_end = {w["id"]: _rss_bytes(w["pid"]) for w in ws}
 
         report = {
-            "seconds": SECONDS, "concurrency": CONCURRENCY,
+            "seconds": SECONDS,
+            "concurrency": CONCURRENCY,
             "requests": first.total + second.total,
             "outcomes": {f"{k}:{s}": v for (k, s), v in sorted((first.outcomes + second.outcomes).items())},
             "slowest_s": round(max(first.slowest, second.slowest), 2),
@@ -252,7 +298,10 @@ def test_soak_two_workers_with_faults():
         counted = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
         # the front's own statistics calls (/v1/engine/stats, from /worker-status) are no client's
         counted = {k: v for k, v in counted.items() if v and k[1] != "/v1/engine/stats"}
-        assert counted == seen, {"metrics_only": {k: v for k, v in counted.items() if seen.get(k) != v}, "client_only": {k: v for k, v in seen.items() if counted.get(k) != v}}
+        assert counted == seen, {
+            "metrics_only": {k: v for k, v in counted.items() if seen.get(k) != v},
+            "client_only": {k: v for k, v in seen.items() if counted.get(k) != v},
+        }
         assert all(s == "413" for (_, s) in second.front_only), second.front_only
         for i, start in rss_start.items():
             assert rss_end[i] <= start * 1.15 + (64 << 20), report["rss_mib_start_end"]

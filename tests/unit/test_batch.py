@@ -52,8 +52,7 @@ def test_causal_rows_over_the_cache_equal_a_causal_full_forward(model):
     want = model(text[None], attention_mask=causal_mask)[0]
     pool = CachePool(model, max_rows=2)
     row, row2 = pool.take(16), pool.take(16)
-    got = forward(model, RowBatch([Row(text[:8], causal=True, cache_row=row, logits=(7, 8)),
-                                   Row(other, cache_row=row2)]), pool)
+    got = forward(model, RowBatch([Row(text[:8], causal=True, cache_row=row, logits=(7, 8)), Row(other, cache_row=row2)]), pool)
     torch.testing.assert_close(got[0][0], want[7], **TOL)
     torch.testing.assert_close(got[1], model(other[None])[0], **TOL)
     for p in range(8, 12):

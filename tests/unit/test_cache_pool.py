@@ -16,7 +16,9 @@ def _fill(cache, row: int, value: float) -> None:
 
 
 def _row_is(cache, row: int, value: float, upto: int) -> bool:
-    return all(bool((l.k[row, :, :upto] == value).all() and (l.v[row, :, :upto] == -value).all()) for l in cache.layers)
+    return all(
+        bool((layer.k[row, :, :upto] == value).all() and (layer.v[row, :, :upto] == -value).all()) for layer in cache.layers
+    )
 
 
 def test_rows_grow_by_doubling_and_keep_their_contents():

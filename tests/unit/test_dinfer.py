@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from dserve.params import ParamError, resolve_params
 from dserve.registry import INPUTS_EMBEDS
 from dserve.sequence import Sequence
 from dserve_dinfer import params as P
 from dserve_dinfer import runner as R
-from dserve_llada.model import LLaDAModel, load_llada
+from dserve_llada.model import load_llada
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "dinfer" / "expected.json"
 ALGORITHMS = {
@@ -278,6 +276,7 @@ def test_guard_when_every_slot_predicts_the_mask(models, monkeypatch, algorithm)
 
 def test_sampling_repeats_with_a_seed_and_ignores_batch_mates(models):
     model = models["plain"]
+
     def params(**kw):
         return P.DInferParams(temperature=0.8, block_length=8, threshold=0.8, **kw)
 

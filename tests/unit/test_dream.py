@@ -97,8 +97,13 @@ def test_cached_forwards_equal_the_full_forward(model):
     torch.testing.assert_close(model(ids, attention_mask=valid.expand(2, 24), kv_cache=cache), full, atol=1e-5, rtol=1e-5)
     block = model(ids[:, 8:12], torch.arange(8, 12).expand(2, 4), attention_mask=valid.expand(2, 24), kv_cache=cache)
     torch.testing.assert_close(block, full[:, 8:12], atol=1e-5, rtol=1e-5)
-    suffix = model(ids[:, 8:], torch.arange(8, 20).expand(2, 12), attention_mask=valid.expand(2, 24), kv_cache=cache,
-                   logits_index=torch.tensor([[0, 5], [0, 11]]))
+    suffix = model(
+        ids[:, 8:],
+        torch.arange(8, 20).expand(2, 12),
+        attention_mask=valid.expand(2, 24),
+        kv_cache=cache,
+        logits_index=torch.tensor([[0, 5], [0, 11]]),
+    )
     torch.testing.assert_close(suffix, torch.stack([full[0, [8, 13]], full[1, [8, 19]]]), atol=1e-5, rtol=1e-5)
     # rows chosen by index (the cache pool's gathered rows): batch row 0 uses cache row 1
     cache.use_rows(torch.tensor([1]))
@@ -276,8 +281,13 @@ def test_served_with_the_dream_engine_by_default():
 
         async def ask():
             handles = service.submit(
-                [257, 117, 115, 101, 114], service.resolve(None, None, {"steps": 8}), max_tokens=8, n=1,
-                seed=None, stop=[], loop=asyncio.get_running_loop(),
+                [257, 117, 115, 101, 114],
+                service.resolve(None, None, {"steps": 8}),
+                max_tokens=8,
+                n=1,
+                seed=None,
+                stop=[],
+                loop=asyncio.get_running_loop(),
             )
             return await collect_text(handles[0])
 

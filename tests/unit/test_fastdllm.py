@@ -28,15 +28,17 @@ def model(tiny_random_dir):
 
 def _params(p: dict) -> FastDLLMParams:
     return FastDLLMParams(
-        steps=p["steps"], block_length=p["block_length"], temperature=p["temperature"],
-        remasking=p["remasking"], threshold=p.get("threshold"), factor=p.get("factor"),
+        steps=p["steps"],
+        block_length=p["block_length"],
+        temperature=p["temperature"],
+        remasking=p["remasking"],
+        threshold=p.get("threshold"),
+        factor=p.get("factor"),
     )
 
 
 def _run(published, config, function):
-    return next(
-        r for r in published["fastdllm"]["runs"]["f6b35ec"] if r["config"] == config and r["function"] == function
-    )
+    return next(r for r in published["fastdllm"]["runs"]["f6b35ec"] if r["config"] == config and r["function"] == function)
 
 
 @pytest.mark.parametrize("function", list(RUNNERS))

@@ -167,8 +167,7 @@ def test_no_import_cycle(graph):
     modules, imports = graph
     cycles = _cycles(modules, imports)
     detail = [
-        [_where(imp, modules) for imp in imports if imp.source in component and imp.target in component]
-        for component in cycles
+        [_where(imp, modules) for imp in imports if imp.source in component and imp.target in component] for component in cycles
     ]
     assert not cycles, "import cycles:\n" + "\n\n".join("\n".join(lines) for lines in detail)
 
@@ -182,9 +181,7 @@ def test_serving_core_imports_no_plugin_and_not_the_operations_wing(graph):
 def test_plugins_import_no_other_plugin(graph):
     modules, imports = graph
     bad = [
-        _where(imp, modules)
-        for imp in imports
-        if _top(imp.source) != CORE and _top(imp.target) not in (CORE, _top(imp.source))
+        _where(imp, modules) for imp in imports if _top(imp.source) != CORE and _top(imp.target) not in (CORE, _top(imp.source))
     ]
     assert not bad, "a plugin imports another plugin:\n" + "\n".join(bad)
 
@@ -198,7 +195,11 @@ def test_no_private_name_crosses_modules(graph):
             bad.append(f"{_where(imp, modules)} imports {', '.join(private_names)}")
         *package, last = imp.target.split(".")
         holder = ".".join(package)
-        if last.startswith("_") and not last.startswith("__") and not (imp.source == holder or imp.source.startswith(holder + ".")):
+        if (
+            last.startswith("_")
+            and not last.startswith("__")
+            and not (imp.source == holder or imp.source.startswith(holder + "."))
+        ):
             bad.append(f"{_where(imp, modules)}: a private module from outside its package")
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 

@@ -78,7 +78,7 @@ def test_fused_projections_share_memory_and_keep_the_logits(tiny_random_dir):
     block = fused.model.transformer.blocks[0]
     assert block.qkv_weight is not None and block.gate_up_weight is not None
     assert block.q_proj.weight.data_ptr() == block.qkv_weight.data_ptr()
-    assert block.up_proj.weight.data_ptr() == block.gate_up_weight[block.ff_proj.weight.shape[0]:].data_ptr()
+    assert block.up_proj.weight.data_ptr() == block.gate_up_weight[block.ff_proj.weight.shape[0] :].data_ptr()
     unfused = load_llada(tiny_random_dir, dtype="float32")
     for b in unfused.model.transformer.blocks:
         b.qkv_weight = b.gate_up_weight = None

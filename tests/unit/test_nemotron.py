@@ -226,8 +226,9 @@ def test_parameters_are_validated():
 def test_server_picks_nemotron_and_refuses_dual_cache_with_the_reason():
     """A real server on the fixture checkpoint: no --engine gives nemotron/block_diffusion;
     fastdllm/dual_cache gets a 400 that names the missing capability."""
-    from dserve_llada import EMBEDDED_MODEL_DIR
     from e2e.server import ServerProcess
+
+    from dserve_llada import EMBEDDED_MODEL_DIR
 
     # the fixture has no tokenizer; the byte-level one of the embedded model maps plain text to
     # byte ids, inside this checkpoint's 256-token vocabulary

@@ -49,7 +49,9 @@ def test_settings_from_environment(monkeypatch):
 
 
 def test_cli_aliases_of_the_earlier_servers():
-    args = build_parser().parse_args(["serve", "--batch-size", "8", "--diffusion-steps", "64", "--block-size", "16", "--trust-remote-code"])
+    args = build_parser().parse_args(
+        ["serve", "--batch-size", "8", "--diffusion-steps", "64", "--block-size", "16", "--trust-remote-code"]
+    )
     assert (args.max_batch_size, args.steps, args.block_length, args.trust_remote_code) == (8, 64, 16, True)
 
 
@@ -100,8 +102,29 @@ def test_a_bound_is_the_same_on_the_wire_in_settings_and_in_an_algorithm():
 
 def test_every_core_default_flag_and_variable_still_works(monkeypatch):
     args = build_parser().parse_args(
-        ["serve", "--engine", "fastdllm", "--algorithm", "basic", "--steps", "8", "--block-length", "8", "--remasking", "random",
-         "--threshold", "0.5", "--factor", "2", "--cfg-scale", "1", "--temperature", "0.5", "--max-tokens", "64"]
+        [
+            "serve",
+            "--engine",
+            "fastdllm",
+            "--algorithm",
+            "basic",
+            "--steps",
+            "8",
+            "--block-length",
+            "8",
+            "--remasking",
+            "random",
+            "--threshold",
+            "0.5",
+            "--factor",
+            "2",
+            "--cfg-scale",
+            "1",
+            "--temperature",
+            "0.5",
+            "--max-tokens",
+            "64",
+        ]
     )
     assert (args.engine, args.algorithm, args.steps, args.block_length, args.remasking) == ("fastdllm", "basic", 8, 8, "random")
     assert (args.threshold, args.factor, args.cfg_scale, args.temperature, args.max_tokens) == (0.5, 2.0, 1.0, 0.5, 64)
@@ -140,7 +163,10 @@ def test_api_key_as_plain_comma_separated_or_json(monkeypatch, given, keys):
     monkeypatch.delenv("DSERVE_API_KEY")
     args = build_parser().parse_args(["serve", "--api-key", given])
     assert Settings(api_key=args.api_key).api_key == keys
-    assert Settings(api_key=build_parser().parse_args(["serve", "--api-key", "a", "--api-key", "b"]).api_key).api_key == ["a", "b"]
+    assert Settings(api_key=build_parser().parse_args(["serve", "--api-key", "a", "--api-key", "b"]).api_key).api_key == [
+        "a",
+        "b",
+    ]
 
 
 def test_generation_algorithms_fields_show_bounds_flags_and_the_servers_defaults():

@@ -55,7 +55,12 @@ def test_lines_at_least_every_few_seconds_when_tenths_are_slow():
         progress.update()
 
     assert [line.split(" requests")[0] for line in out.getvalue().splitlines()] == [
-        "bench: 5/1000", "bench: 10/1000", "bench: 15/1000", "bench: 20/1000", "bench: 25/1000", "bench: 30/1000",
+        "bench: 5/1000",
+        "bench: 10/1000",
+        "bench: 15/1000",
+        "bench: 20/1000",
+        "bench: 25/1000",
+        "bench: 30/1000",
     ]
 
 

@@ -17,17 +17,27 @@ pytest.importorskip("torchao")
 
 def _answers(model, texts):
     tok = model.tokenizer
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False),
-                   add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
+        for t in texts
+    ]
     params = resolve_params(FastDLLMParams, {"threshold": 0.9, "block_length": 32})
     seqs = [Sequence(p, 32, params) for p in prompts]
     out = run_to_completion(DualCacheRunner(model, max_batch_size=8), seqs)
-    return [tok.decode([t for t in out[s.seq_id][len(p):] if t < 256]) for s, p in zip(seqs, prompts)]
+    return [tok.decode([t for t in out[s.seq_id][len(p) :] if t < 256]) for s, p in zip(seqs, prompts)]
 
 
 def test_int8_weights_keep_the_answers():
     model = load_llada(EMBEDDED_MODEL_DIR, dtype="float32")
-    texts = ["Reverse the word: planet", "What is 37 plus 5?", "Convert to uppercase: the quick fox", "Swap the two words: red car"]
+    texts = [
+        "Reverse the word: planet",
+        "What is 37 plus 5?",
+        "Convert to uppercase: the quick fox",
+        "Swap the two words: red car",
+    ]
     before = _answers(model, texts)
     quantize_weights(model, "8bit")
     block = model.model.transformer.blocks[0]
@@ -52,8 +62,12 @@ def test_int4_emulation_writes_the_weights_the_int4_kernel_uses(tmp_path):
     from safetensors.torch import load_file
 
     script = Path(__file__).parents[2] / "benchmarks" / "int4_emulated.py"
-    run = subprocess.run([sys.executable, str(script), str(EMBEDDED_MODEL_DIR), str(tmp_path / "int4")],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(script), str(EMBEDDED_MODEL_DIR), str(tmp_path / "int4")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     before = load_file(str(EMBEDDED_MODEL_DIR / "model.safetensors"))
     after = load_file(str(tmp_path / "int4" / "model.safetensors"))

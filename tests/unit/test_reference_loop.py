@@ -1,7 +1,6 @@
 """The reference runner against the published LLaDA `generate` (fixture canvases)."""
 
 import pytest
-import torch
 
 from dserve.sequence import Sequence
 from dserve_llada.model import load_llada
@@ -17,8 +16,12 @@ def model(tiny_random_dir):
 
 def _seq(prompt, p, **extra):
     params = ReferenceParams(
-        steps=p["steps"], block_length=p["block_length"], temperature=p["temperature"],
-        remasking=p["remasking"], cfg_scale=p.get("cfg_scale", 0.0), **extra,
+        steps=p["steps"],
+        block_length=p["block_length"],
+        temperature=p["temperature"],
+        remasking=p["remasking"],
+        cfg_scale=p.get("cfg_scale", 0.0),
+        **extra,
     )
     return Sequence(list(prompt), max_tokens=p["gen_length"], params=params)
 

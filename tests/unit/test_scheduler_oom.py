@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from dserve.output import OutputTracker
-from dserve.scheduler import GenerationHandle, Scheduler
 from dserve.registry import AlgorithmSpec, EngineSpec
+from dserve.scheduler import GenerationHandle, Scheduler
 from dserve.sequence import RequestSpec, Sequence
 from dserve_fastdllm.params import FastDLLMParams
 from dserve_fastdllm.runner import BasicRunner, DualCacheRunner
-from dserve_llada.model import load_llada
 from dserve_llada import EMBEDDED_MODEL_DIR
+from dserve_llada.model import load_llada
 
 
 class RowCappedModel:
@@ -42,7 +42,9 @@ def model():
 def _prompts(model, n):
     tok = model.tokenizer
     texts = [f"Reverse the word: {w}" for w in ("apple", "stone", "river", "cloud", "tiger", "lemon", "ocean", "piano")]
-    chats = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False) for t in texts[:n]]
+    chats = [
+        tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False) for t in texts[:n]
+    ]
     return [tok(c, add_special_tokens=False)["input_ids"] for c in chats]
 
 
@@ -123,7 +125,10 @@ def test_out_of_memory_frees_idle_runners_caches_before_failing_anyone(model):
     and retries the step: nobody gets a 503 and the outputs are what they would be."""
     prompts = _prompts(model, 3)
     idle = DualCacheRunner(model, max_batch_size=8)
-    runners = {("fastdllm", "idle"): idle, ("fastdllm", "busy"): DualCacheRunner(FitsWithoutTheIdleCache(model, idle), max_batch_size=8)}
+    runners = {
+        ("fastdllm", "idle"): idle,
+        ("fastdllm", "busy"): DualCacheRunner(FitsWithoutTheIdleCache(model, idle), max_batch_size=8),
+    }
     scheduler = Scheduler(lambda spec: runners[spec.runner_key])
     scheduler.start()
     try:
@@ -136,4 +141,3 @@ def test_out_of_memory_frees_idle_runners_caches_before_failing_anyone(model):
         assert scheduler.runners[("fastdllm", "busy")].max_batch_size == 8  # no cap: nothing was shed
     finally:
         scheduler.stop()
-

@@ -4,10 +4,10 @@
 import pytest
 import torch
 
+from dserve.loader import apply_speed_settings
 from dserve.params import resolve_params
 from dserve.plugins import get_registry
 from dserve.sequence import Sequence
-from dserve.loader import apply_speed_settings
 from dserve.service import GenerationService
 from dserve.settings import Settings
 from dserve_fastdllm.params import APDParams
@@ -63,7 +63,7 @@ def test_apd_decodes_in_parallel_and_is_batch_invariant(model):
     assert together == [decode([p])[0] for p in prompts]
     # parallel: far fewer forwards than the 64 slots, and at most 8 tokens per step
     assert all(8 <= nfe < 64 for _, nfe in together)
-    answers = [tok.decode([t for t in canvas[len(p):] if t < 256]) for (canvas, _), p in zip(together, prompts)]
+    answers = [tok.decode([t for t in canvas[len(p) :] if t < 256]) for (canvas, _), p in zip(together, prompts)]
     assert answers[0].startswith("tenalp") and answers[1].startswith("42") and answers[2].startswith("cat cat cat")
 
 

@@ -12,8 +12,8 @@ This helper needs no Starlette ``Response``: it sends ``http.response.start`` an
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -25,9 +25,7 @@ import structlog
 
 # log_fields keys never written to the access log: they would hold prompt or output text.
 PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
-FORBIDDEN_FIELDS = frozenset(
-    {"prompt", "prompts", "messages", "body", "content", "text", "input", "output", "completion"}
-)
+FORBIDDEN_FIELDS = frozenset({"prompt", "prompts", "messages", "body", "content", "text", "input", "output", "completion"})
 
 
 class AccessLogMiddleware:

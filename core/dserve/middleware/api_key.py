@@ -68,10 +68,7 @@ class ApiKeyMiddleware:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            message = (
-                "You didn't provide an API key. Provide it in the Authorization header "
-                "as 'Authorization: Bearer YOUR_KEY'."
-            )
+            message = "You didn't provide an API key. Provide it in the Authorization header as 'Authorization: Bearer YOUR_KEY'."
         elif self._check(token):
             scope.setdefault("state", {})["api_key_id"] = key_id(token)
             await self.app(scope, receive, send)

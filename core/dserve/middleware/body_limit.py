@@ -60,14 +60,16 @@ class BodySizeLimitMiddleware:
         return f"Request body too large: the limit is {self.max_bytes} bytes."
 
     async def _send_413(self, send: Any) -> None:
-        await send_openai_error(
-            send, 413, self._message(), "invalid_request_error", code="request_too_large"
-        )
+        await send_openai_error(send, 413, self._message(), "invalid_request_error", code="request_too_large")
 
     async def _send_408(self, send: Any) -> None:
         await send_openai_error(
-            send, 408, f"the request body did not arrive within {self.read_timeout:g} s",
-            "invalid_request_error", code="request_timeout", headers=[("connection", "close")],
+            send,
+            408,
+            f"the request body did not arrive within {self.read_timeout:g} s",
+            "invalid_request_error",
+            code="request_timeout",
+            headers=[("connection", "close")],
         )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

@@ -52,9 +52,7 @@ class Metrics:
         common: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
 
         # requests (MetricsMiddleware)
-        self.request_success = Counter(
-            "request_success", "Requests answered with a 2xx/3xx status.", ["endpoint"], **common
-        )
+        self.request_success = Counter("request_success", "Requests answered with a 2xx/3xx status.", ["endpoint"], **common)
         self.request_failure = Counter(
             "request_failure",
             "Requests answered with a 4xx/5xx status (499: the response never ended).",
@@ -68,9 +66,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             **common,
         )
-        self.requests_in_flight = Gauge(
-            "requests_in_flight", "HTTP requests under /v1/ being handled now.", **common
-        )
+        self.requests_in_flight = Gauge("requests_in_flight", "HTTP requests under /v1/ being handled now.", **common)
         self.time_to_first_token = Histogram(
             "time_to_first_token_seconds",
             "Time from request to the first committed content token.",
@@ -80,13 +76,10 @@ class Metrics:
 
         # tokens (routes, scheduler)
         self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed.", **common)
-        self.generation_tokens = Counter(
-            "generation_tokens", "Completion tokens returned to clients.", **common
-        )
+        self.generation_tokens = Counter("generation_tokens", "Completion tokens returned to clients.", **common)
         self.parallel_tokens_decoded = Counter(
             "parallel_tokens_decoded",
-            "Tokens committed by denoising steps that committed two or more tokens "
-            "for the same sequence.",
+            "Tokens committed by denoising steps that committed two or more tokens for the same sequence.",
             **common,
         )
         self.tokens_per_step = Histogram(
@@ -98,16 +91,14 @@ class Metrics:
 
         # engine (scheduler)
         self.queue_size = Gauge("queue_size", "Requests waiting for admission.", **common)
-        self.active_requests = Gauge(
-            "active_requests", "Requests in the running batch (being decoded).", **common
-        )
+        self.active_requests = Gauge("active_requests", "Requests in the running batch (being decoded).", **common)
         self.batch_size = Histogram(
-            "batch_size", "Sequences in the batch, per denoising step.",
-            buckets=BATCH_SIZE_BUCKETS, **common,
+            "batch_size",
+            "Sequences in the batch, per denoising step.",
+            buckets=BATCH_SIZE_BUCKETS,
+            **common,
         )
-        self.gpu_memory_used_bytes = Gauge(
-            "gpu_memory_used_bytes", "GPU memory used by this process, in bytes.", **common
-        )
+        self.gpu_memory_used_bytes = Gauge("gpu_memory_used_bytes", "GPU memory used by this process, in bytes.", **common)
         self.gpu_memory_used_bytes.set_function(lambda: 0.0)
 
     # -- helpers for the scheduler and routes ---------------------------------------------
@@ -207,7 +198,7 @@ def endpoint_label(scope: dict) -> str:
         # mount appended to root_path beyond the application's own root_path.
         root_path = scope.get("root_path", "")
         app_root_path = scope.get("app_root_path", root_path)
-        prefix = root_path[len(app_root_path):] if root_path.startswith(app_root_path) else ""
+        prefix = root_path[len(app_root_path) :] if root_path.startswith(app_root_path) else ""
         return (prefix + path) or "/"
     routes = getattr(getattr(scope.get("app"), "router", None), "routes", None)
     if routes:

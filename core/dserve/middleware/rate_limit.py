@@ -28,9 +28,7 @@ from typing import Any
 
 from ._errors import send_openai_error
 
-DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset(
-    {"/health", "/health/live", "/health/ready", "/metrics"}
-)
+DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 
 
 class RateLimitMiddleware:
@@ -95,8 +93,7 @@ class RateLimitMiddleware:
         await send_openai_error(
             send,
             429,
-            f"Rate limit reached: {self.requests_per_minute} requests per minute. "
-            f"Please try again in {retry_after}s.",
+            f"Rate limit reached: {self.requests_per_minute} requests per minute. Please try again in {retry_after}s.",
             "rate_limit_error",
             code="rate_limit_exceeded",
             headers=[

@@ -50,7 +50,10 @@ class GraphedModel:
 
     def _eager(self, args: dict, kv_cache: KVCache | None) -> torch.Tensor:
         return self.model(
-            args["input_ids"], args["positions"], attention_mask=args["attention_mask"], kv_cache=kv_cache,
+            args["input_ids"],
+            args["positions"],
+            attention_mask=args["attention_mask"],
+            kv_cache=kv_cache,
             logits_index=args["logits_index"],
         )
 

@@ -60,7 +60,7 @@ class KVCache:
         self.capacity = capacity
         self.num_rows = rows
 
-    def use_rows(self, rows: torch.Tensor | slice | None) -> "KVCache":
+    def use_rows(self, rows: torch.Tensor | slice | None) -> KVCache:
         """Make the next forward's batch row i use cache row rows[i] (None: row i; a slice
         of consecutive rows avoids copying them)."""
         for layer in self.layers:

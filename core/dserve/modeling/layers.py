@@ -84,8 +84,7 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear,
-           gate_up: torch.Tensor | None = None) -> torch.Tensor:
+def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, gate_up: torch.Tensor | None = None) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)); with `gate_up` (gate and up fused by
     dserve.modeling.fused.fuse_linears) the two projections are one GEMM."""
     if gate_up is None:

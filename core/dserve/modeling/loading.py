@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -44,7 +45,7 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, config: dict, device: str | torch.device) -> torch.dtype:
-    """"auto" = the checkpoint's torch_dtype on a GPU, float32 on the CPU."""
+    """ "auto" = the checkpoint's torch_dtype on a GPU, float32 on the CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):

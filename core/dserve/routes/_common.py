@@ -33,7 +33,9 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:  # "\ud800" escapes decode to lone surrogates that no tokenizer can encode
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest("the request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)", code="invalid_json") from None
+        raise BadRequest(
+            "the request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)", code="invalid_json"
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

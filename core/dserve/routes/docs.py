@@ -57,7 +57,10 @@ def _operation(route: ApiRoute, defs: dict[str, Any]) -> dict[str, Any]:
     if route.stream:  # OpenAPI 3.1: the schema of text/event-stream describes one event
         ok.setdefault("content", {})["text/event-stream"] = {"schema": _SSE_EVENT}
     error = {"content": {"application/json": {"schema": _ref(ErrorResponse, defs)}}}
-    op: dict[str, Any] = {"summary": route.summary, "responses": {"200": ok, **{code: {**error, "description": ERROR_DESCRIPTIONS[code]} for code in route.errors}}}
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "responses": {"200": ok, **{code: {**error, "description": ERROR_DESCRIPTIONS[code]} for code in route.errors}},
+    }
     if route.request is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.request, defs)}}}
     params = re.findall(r"{(\w+)(?::\w+)?}", route.path)

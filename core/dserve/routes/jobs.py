@@ -169,7 +169,9 @@ async def result(request: Request) -> Response:
     job = _store(request).get(raw, job_owner(request)) if valid_job_id(raw) else None
     if job is None:
         shown = raw if len(raw) <= MAX_JOB_ID_CHARS else raw[:MAX_JOB_ID_CHARS] + "..."
-        raise NotFound(f"no request with id {shown!r} (unknown, expired or not yours)", param="request_id", code="request_not_found")
+        raise NotFound(
+            f"no request with id {shown!r} (unknown, expired or not yours)", param="request_id", code="request_not_found"
+        )
     body = {"request_id": job.job_id, "status": job.status, "text": job.text}
     if job.finish_reason:
         body["finish_reason"] = job.finish_reason

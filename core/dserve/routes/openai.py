@@ -6,7 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -145,7 +146,14 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
     choices = []
     for i, (h, text) in enumerate(zip(handles, texts)):
         if chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": h.tracker.finish_reason, "logprobs": None})
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": h.tracker.finish_reason,
+                    "logprobs": None,
+                }
+            )
         else:
             choices.append({"index": i, "text": text, "finish_reason": h.tracker.finish_reason, "logprobs": None})
     obj = "chat.completion" if chat else "text_completion"

@@ -21,7 +21,9 @@ def scheduler_problem(request: Request) -> str | None:
 async def health(request: Request) -> Response:
     s = _service(request)
     sched = s.scheduler
-    status = "ok" if s.ready else ("draining" if sched is not None and sched.draining else ("error" if s.load_error else "loading"))
+    status = (
+        "ok" if s.ready else ("draining" if sched is not None and sched.draining else ("error" if s.load_error else "loading"))
+    )
     problem = scheduler_problem(request) if s.ready else None
     if problem:
         status = "stalled"  # the multi-GPU front restarts a worker that says this
@@ -66,9 +68,7 @@ def _stats(request: Request) -> dict:
             "running_requests": sched.num_running,
             "max_batch_size": s.settings.max_batch_size,
             "draining": sched.draining,
-            "batches": {
-                f"{engine}/{algorithm}": len(runner.sequences) for (engine, algorithm), runner in sched.runners.items()
-            },
+            "batches": {f"{engine}/{algorithm}": len(runner.sequences) for (engine, algorithm), runner in sched.runners.items()},
         }
     )
     return stats

@@ -30,28 +30,83 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
     """The core's routes; ``metrics``: serve `/metrics` (off with --no-metrics)."""
     routes = [
         ApiRoute("/v1/models", openai_routes.list_models, summary="List the served model", response=ANY_OBJECT, errors=KEYED),
-        ApiRoute("/v1/chat/completions", openai_routes.chat_completions, ("POST",), "Chat completion (stream with SSE)",
-                 ChatCompletionRequest, ChatCompletionResponse, errors=GENERATION_ERRORS, stream=True),
-        ApiRoute("/v1/completions", openai_routes.completions, ("POST",), "Text completion (stream with SSE)",
-                 CompletionRequest, CompletionResponse, errors=GENERATION_ERRORS, stream=True),
-        ApiRoute("/v1/generate", jobs.generate, ("POST",), "Submit an async generation job", GenerateRequest, ANY_OBJECT, errors=GENERATION_ERRORS),
-        ApiRoute("/v1/generate_batch", jobs.generate_batch, ("POST",), "Submit several async generation jobs",
-                 GenerateBatchRequest, ANY_OBJECT, errors=GENERATION_ERRORS),
-        ApiRoute("/v1/result/{request_id}", jobs.result, summary="Result of an async job", response=ANY_OBJECT, errors=("401", "404", "429")),
+        ApiRoute(
+            "/v1/chat/completions",
+            openai_routes.chat_completions,
+            ("POST",),
+            "Chat completion (stream with SSE)",
+            ChatCompletionRequest,
+            ChatCompletionResponse,
+            errors=GENERATION_ERRORS,
+            stream=True,
+        ),
+        ApiRoute(
+            "/v1/completions",
+            openai_routes.completions,
+            ("POST",),
+            "Text completion (stream with SSE)",
+            CompletionRequest,
+            CompletionResponse,
+            errors=GENERATION_ERRORS,
+            stream=True,
+        ),
+        ApiRoute(
+            "/v1/generate",
+            jobs.generate,
+            ("POST",),
+            "Submit an async generation job",
+            GenerateRequest,
+            ANY_OBJECT,
+            errors=GENERATION_ERRORS,
+        ),
+        ApiRoute(
+            "/v1/generate_batch",
+            jobs.generate_batch,
+            ("POST",),
+            "Submit several async generation jobs",
+            GenerateBatchRequest,
+            ANY_OBJECT,
+            errors=GENERATION_ERRORS,
+        ),
+        ApiRoute(
+            "/v1/result/{request_id}",
+            jobs.result,
+            summary="Result of an async job",
+            response=ANY_OBJECT,
+            errors=("401", "404", "429"),
+        ),
         ApiRoute("/health", ops.health, summary="Health and model status", response=ANY_OBJECT, errors=("503",)),
         ApiRoute("/health/live", ops.live, summary="Liveness probe", response=ANY_OBJECT),
         ApiRoute("/health/ready", ops.ready, summary="Readiness probe", response=ANY_OBJECT, errors=("503",)),
-        ApiRoute("/generation/algorithms", ops.generation_algorithms, summary="Engines and algorithms, with parameters and availability",
-                 response=ANY_OBJECT, errors=KEYED),
+        ApiRoute(
+            "/generation/algorithms",
+            ops.generation_algorithms,
+            summary="Engines and algorithms, with parameters and availability",
+            response=ANY_OBJECT,
+            errors=KEYED,
+        ),
         ApiRoute("/v1/engine/stats", ops.engine_stats, summary="Engine statistics", response=ANY_OBJECT, errors=KEYED),
         ApiRoute("/batch/stats", ops.batch_stats, summary="Batching statistics", response=ANY_OBJECT, errors=KEYED),
         ApiRoute("/openapi.json", docs.openapi, summary="This OpenAPI document", response=ANY_OBJECT, errors=KEYED),
-        ApiRoute("/docs", docs.docs, summary="Interactive API docs (Swagger UI)", response={"type": "string"}, media_type="text/html", errors=KEYED),
+        ApiRoute(
+            "/docs",
+            docs.docs,
+            summary="Interactive API docs (Swagger UI)",
+            response={"type": "string"},
+            media_type="text/html",
+            errors=KEYED,
+        ),
     ]
     if metrics:
         routes.append(
-            ApiRoute("/metrics", metrics_endpoint, summary="Prometheus metrics (docs/metrics.md); needs the key only with --metrics-require-key",
-                     response={"type": "string"}, media_type="text/plain", errors=("401",))
+            ApiRoute(
+                "/metrics",
+                metrics_endpoint,
+                summary="Prometheus metrics (docs/metrics.md); needs the key only with --metrics-require-key",
+                response={"type": "string"},
+                media_type="text/plain",
+                errors=("401",),
+            )
         )
     return routes
 

@@ -39,15 +39,15 @@ from starlette.routing import Route
 
 from dserve import __version__
 from dserve.errors import error_body
+from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
+from dserve.routes.jobs import MAX_JOB_ID_CHARS, job_owner, valid_job_id
+from dserve.settings import Settings
 from dserve_ops.front import metrics as front_metrics
 from dserve_ops.front.jobs import JobMap
 from dserve_ops.front.proxy import ClientGone, Proxy, openai_error
 from dserve_ops.front.router import Router
 from dserve_ops.front.stats import aggregate_batch_stats, front_stats, worker_status
 from dserve_ops.front.workers import WorkerPool
-from dserve.middleware import RequestBodyTooLarge, middleware_from_settings
-from dserve.routes.jobs import MAX_JOB_ID_CHARS, job_owner, valid_job_id
-from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")
 
@@ -159,14 +159,26 @@ def _front_openapi() -> dict:
 
     doc = build_openapi(server_routes(metrics=True))
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    extra = {"502": "the worker failed while handling the request", "504": "the worker sent nothing for the request timeout + 5 s"}
+    extra = {
+        "502": "the worker failed while handling the request",
+        "504": "the worker sent nothing for the request timeout + 5 s",
+    }
     for item in doc["paths"].values():
         for operation in item.values():
             if operation["responses"].keys() & {"400", "503"}:
-                operation["responses"].update({c: {**error, "description": d} for c, d in extra.items() if c not in operation["responses"]})
-    ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+                operation["responses"].update(
+                    {c: {**error, "description": d} for c, d in extra.items() if c not in operation["responses"]}
+                )
+    ok = {
+        "200": {
+            "description": "OK",
+            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+        }
+    }
     auth = {c: {**error, "description": ERROR_DESCRIPTIONS[c]} for c in ("401", "429")}
-    doc["paths"]["/stats"] = {"get": {"summary": "The front's load-balancer view and aggregated batch statistics", "responses": {**ok, **auth}}}
+    doc["paths"]["/stats"] = {
+        "get": {"summary": "The front's load-balancer view and aggregated batch statistics", "responses": {**ok, **auth}}
+    }
     doc["paths"]["/worker-status"] = {"get": {"summary": "Per-worker state", "responses": {**ok, **auth}}}
     doc["info"]["description"] += " (multi-GPU front)"
     return doc
@@ -222,7 +234,10 @@ async def job_result(request: Request) -> Response:
     if ref is None or w.epoch != ref.epoch:
         why = "unknown, expired or not yours" if ref is None else f"worker {ref.worker} restarted since and lost it"
         shown = raw if len(raw) <= MAX_JOB_ID_CHARS else raw[:MAX_JOB_ID_CHARS] + "..."
-        return JSONResponse(error_body(f"no request with id {shown!r} ({why})", "invalid_request_error", "request_id", "request_not_found"), status_code=404)
+        return JSONResponse(
+            error_body(f"no request with id {shown!r} ({why})", "invalid_request_error", "request_id", "request_not_found"),
+            status_code=404,
+        )
     answer = await _exchange(f, request, worker=w, path=f"/v1/result/{ref.local_id}")
     if isinstance(answer, Response):
         return answer

@@ -61,7 +61,9 @@ def render(pool: WorkerPool, texts: dict[int, str]) -> bytes:
     up = GaugeMetricFamily("dserve_front_worker_up", "1 when the worker is healthy", labels=["worker"])
     routed = CounterMetricFamily("dserve_front_requests_routed", "Requests routed to the worker", labels=["worker"])
     inflight = GaugeMetricFamily("dserve_front_requests_in_flight", "Requests being proxied to the worker", labels=["worker"])
-    failed = CounterMetricFamily("dserve_front_requests_failed", "Proxied requests that failed on the connection", labels=["worker"])
+    failed = CounterMetricFamily(
+        "dserve_front_requests_failed", "Proxied requests that failed on the connection", labels=["worker"]
+    )
     restarts = CounterMetricFamily("dserve_front_worker_restarts", "Restarts of the worker", labels=["worker"])
     for w in pool.workers:
         label = [str(w.index)]

@@ -60,7 +60,9 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
 
 
 def no_healthy_worker() -> JSONResponse:
-    return openai_error(503, "no healthy worker is available; retry shortly", "service_unavailable", "no_healthy_workers", {"retry-after": "1"})
+    return openai_error(
+        503, "no healthy worker is available; retry shortly", "service_unavailable", "no_healthy_workers", {"retry-after": "1"}
+    )
 
 
 class Proxy:
@@ -122,7 +124,9 @@ class Proxy:
                 return self.failed(w, exc)
             return resp, w
         if worker is not None:
-            return openai_error(503, f"worker {worker.index} is not reachable", "service_unavailable", "worker_unavailable", {"retry-after": "1"})
+            return openai_error(
+                503, f"worker {worker.index} is not reachable", "service_unavailable", "worker_unavailable", {"retry-after": "1"}
+            )
         return no_healthy_worker()
 
     async def _send_once(self, request: Request, w: Worker, path: str | None, body: bytes) -> httpx.Response:
@@ -152,8 +156,18 @@ class Proxy:
         self.pool.mark_failed(w, f"{type(exc).__name__}: {exc}")
         log.warning("request to worker failed", worker=w.index, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, httpx.ReadTimeout):
-            return openai_error(504, f"worker {w.index} sent nothing for longer than the request timeout; it was marked unhealthy", "timeout_error", "timeout")
-        return openai_error(502, f"worker {w.index} failed while handling the request ({type(exc).__name__}); it was marked unhealthy, retry the request", "api_error", "worker_failed")
+            return openai_error(
+                504,
+                f"worker {w.index} sent nothing for longer than the request timeout; it was marked unhealthy",
+                "timeout_error",
+                "timeout",
+            )
+        return openai_error(
+            502,
+            f"worker {w.index} failed while handling the request ({type(exc).__name__}); it was marked unhealthy, retry the request",
+            "api_error",
+            "worker_failed",
+        )
 
 
 async def _read_raw(resp: httpx.Response) -> bytes:
@@ -199,7 +213,7 @@ def _response_headers(resp: httpx.Response, w: Worker, request: Request) -> dict
     if location is not None and location.startswith(w.url):
         # a worker's redirect (a trailing slash) names its own port: the client must come back
         # to the front, which it reached at the address it asked for
-        headers["location"] = str(request.base_url).rstrip("/") + location[len(w.url):]
+        headers["location"] = str(request.base_url).rstrip("/") + location[len(w.url) :]
     return headers
 
 
@@ -245,9 +259,16 @@ class RelayResponse(Response):
                 self.proxy.pool.mark_failed(self.worker, f"mid-stream {type(exc).__name__}")
                 log.warning("worker failed mid-stream", worker=self.worker.index, error=f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, httpx.ReadTimeout):
-                    err = error_body(f"worker {self.worker.index} sent nothing for longer than the request timeout", "timeout_error", None, "timeout")
+                    err = error_body(
+                        f"worker {self.worker.index} sent nothing for longer than the request timeout",
+                        "timeout_error",
+                        None,
+                        "timeout",
+                    )
                 else:
-                    err = error_body(f"worker {self.worker.index} failed mid-stream ({type(exc).__name__})", "api_error", None, "worker_failed")
+                    err = error_body(
+                        f"worker {self.worker.index} failed mid-stream ({type(exc).__name__})", "api_error", None, "worker_failed"
+                    )
                 await send({"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

@@ -17,9 +17,9 @@ import time
 import structlog
 import uvicorn
 
+from dserve.settings import Settings
 from dserve_ops.front.app import Front, create_front_app
 from dserve_ops.front.workers import WorkerPool, plan_workers
-from dserve.settings import Settings
 
 log = structlog.get_logger("dserve.front")
 
@@ -68,7 +68,9 @@ def run_front(settings: Settings) -> int:
         devices=[w.device for w in workers],
         start_interval_s=settings.worker_start_interval,
     )
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+    )
     server = FrontServer(config, app.state.front)
     failed = False
 

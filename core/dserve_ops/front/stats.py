@@ -23,8 +23,15 @@ from typing import Any
 
 from dserve_ops.front.workers import Worker, WorkerPool
 
-COUNTERS = ("total_steps", "total_tokens_committed", "requests_finished", "requests_shed_out_of_memory",
-            "idle_cache_releases_out_of_memory", "max_queue_size", "max_batch_size")
+COUNTERS = (
+    "total_steps",
+    "total_tokens_committed",
+    "requests_finished",
+    "requests_shed_out_of_memory",
+    "idle_cache_releases_out_of_memory",
+    "max_queue_size",
+    "max_batch_size",
+)
 
 
 def aggregate_batch_stats(workers: list[Worker]) -> dict[str, Any]:

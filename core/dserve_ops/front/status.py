@@ -20,7 +20,11 @@ import httpx
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("DSERVE_URL", "http://127.0.0.1:8000"), help="the server (default $DSERVE_URL, else http://127.0.0.1:8000)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("DSERVE_URL", "http://127.0.0.1:8000"),
+        help="the server (default $DSERVE_URL, else http://127.0.0.1:8000)",
+    )
     p.add_argument("--monitor", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --monitor (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON (with --monitor: one object per line)")
@@ -70,7 +74,21 @@ def render(data: dict) -> str:
         f"queue {s.get('queue_depth', 0)}  running {s.get('running_requests', 0)}  histogram {s.get('batch_size_histogram', {})}",
         "",
     ]
-    cols = ["id", "device", "port", "pid", "status", "restarts", "in_flight", "routed", "failed", "queue", "running", "avg_batch", "steps"]
+    cols = [
+        "id",
+        "device",
+        "port",
+        "pid",
+        "status",
+        "restarts",
+        "in_flight",
+        "routed",
+        "failed",
+        "queue",
+        "running",
+        "avg_batch",
+        "steps",
+    ]
     rows = [cols]
     for w in ws["workers"]:
         b = w.get("batch_stats") or {}

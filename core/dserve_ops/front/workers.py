@@ -44,15 +44,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import structlog
 
-from dserve_ops.front.command import worker_command
 from dserve.settings import Settings
+from dserve_ops.front.command import worker_command
 
 log = structlog.get_logger("dserve.front")
 
@@ -161,8 +162,12 @@ class WorkerPool:
         else:
             w.port = free_port()
         argv, env = worker_command(
-            self.settings, port=w.port, device="cpu" if w.cuda_visible is None else "cuda:0", cuda_visible=w.cuda_visible,
-            index=w.index, workers=len(self.workers),
+            self.settings,
+            port=w.port,
+            device="cpu" if w.cuda_visible is None else "cuda:0",
+            cuda_visible=w.cuda_visible,
+            index=w.index,
+            workers=len(self.workers),
         )
         out = None
         if self.settings.worker_log_dir:
@@ -326,7 +331,9 @@ class WorkerPool:
         w.gave_up = True
         w.last_exit_code = w.proc.returncode
         w.status = "unhealthy"
-        w.load_error = w.load_error or f"exited with status {w.last_exit_code} before it was ready: it cannot serve (see its output)"
+        w.load_error = (
+            w.load_error or f"exited with status {w.last_exit_code} before it was ready: it cannot serve (see its output)"
+        )
         log.error("worker cannot serve: not restarting it", worker=w.index, exit_code=w.last_exit_code)
         if all(x.gave_up for x in self.workers) and self.on_all_failed is not None:
             self.on_all_failed()

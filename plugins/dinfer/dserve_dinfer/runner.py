@@ -125,7 +125,9 @@ class DInferRunner(CachedRunner):
         else:
             first = seq.prompt_len
         blocks = [(s, min(s + p.block_length, L)) for s in range(first, L, p.block_length)]
-        st = _State(canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos)
+        st = _State(
+            canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos
+        )
         if p.cache != "none":
             st.cache_row = self.take_cache_row(len(canvas))
         if self.record_forwards:
@@ -259,9 +261,7 @@ class DInferRunner(CachedRunner):
         """(x0, commit, logits the rule used) for the current block."""
         p: DInferParams = seq.params
         st: _State = seq.engine_state
-        x0, commit = threshold_rule(
-            logits, block, self.model.info.mask_id, self._threshold(st, p), p.temperature, st.generator
-        )
+        x0, commit = threshold_rule(logits, block, self.model.info.mask_id, self._threshold(st, p), p.temperature, st.generator)
         return x0, commit, logits
 
     def _threshold(self, st: _State, p: DInferParams) -> float:
@@ -314,8 +314,15 @@ class DInferRunner(CachedRunner):
             # logits only where the rule looks (the LM head over the whole input is costly)
             c, d = self._logits_span(seq, a, b)
             wanted.append(c)
-            rows.append(Row(self._inputs(seq, a, b), start=a, keys=st.length,
-                            cache_row=st.cache_row if write else None, logits=(c - a, d - a)))
+            rows.append(
+                Row(
+                    self._inputs(seq, a, b),
+                    start=a,
+                    keys=st.length,
+                    cache_row=st.cache_row if write else None,
+                    logits=(c - a, d - a),
+                )
+            )
         return list(zip(wanted, self.forward(rows)))
 
 

@@ -31,7 +31,7 @@ class DreamConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "DreamConfig":
+    def from_dict(cls, cfg: dict) -> DreamConfig:
         unsupported = {}
         if cfg.get("rope_scaling"):
             unsupported["rope_scaling"] = cfg["rope_scaling"]

@@ -79,7 +79,9 @@ class DreamModel(DiffusionModel):
         super().__init__()
         self.cfg = cfg
         self.num_layers, self.num_kv_heads, self.head_dim = (
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+            cfg.num_hidden_layers,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
         )
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -109,8 +111,14 @@ class DreamModel(DiffusionModel):
         )
 
     def forward(
-        self, input_ids=None, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None,
-        logits_index=None, inputs_embeds=None,
+        self,
+        input_ids=None,
+        positions=None,
+        *,
+        attention_mask=None,
+        kv_cache: KVCache | None = None,
+        logits_index=None,
+        inputs_embeds=None,
     ):
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -151,8 +159,14 @@ def load_dream(
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
     model, path = load_native(
-        path, config_from_dict=DreamConfig.from_dict, build=DreamModel, random=random_dream, on_device=_rotary_on,
-        dtype=dtype, device=device, load_format=load_format,
+        path,
+        config_from_dict=DreamConfig.from_dict,
+        build=DreamModel,
+        random=random_dream,
+        on_device=_rotary_on,
+        dtype=dtype,
+        device=device,
+        load_format=load_format,
     )
     model.tokenizer = load_dream_tokenizer(path)
     _add_end_of_turn(model)

@@ -25,13 +25,21 @@ APD_MAX_PARALLEL = DecodingField(
     "apd_max_parallel", int, "apd: most tokens committed per step (default 8)", bounds={"ge": 1, "le": 1024}, wire=False
 )
 APD_THRESHOLD = DecodingField(
-    "apd_threshold", float, "apd: a masked position is committed (left to right) while its confidence is >= this "
-    "(default 0.3)", bounds={"gt": 0.0, "le": 1.0}, wire=False,
+    "apd_threshold",
+    float,
+    "apd: a masked position is committed (left to right) while its confidence is >= this (default 0.3)",
+    bounds={"gt": 0.0, "le": 1.0},
+    wire=False,
 )
 ENABLE_APD = DecodingField(
-    "enable_apd", bool, "default to fastdllm/apd, confidence-adaptive parallel decoding (vdiff's flag; "
-    "--disable-apd / --no-enable-apd: off)",
-    server_default=False, wire=False, param=False, negative_flags=("--disable-apd",), selects=("fastdllm", "apd"),
+    "enable_apd",
+    bool,
+    "default to fastdllm/apd, confidence-adaptive parallel decoding (vdiff's flag; --disable-apd / --no-enable-apd: off)",
+    server_default=False,
+    wire=False,
+    param=False,
+    negative_flags=("--disable-apd",),
+    selects=("fastdllm", "apd"),
 )
 
 
@@ -101,7 +109,7 @@ class APDParams(FastDLLMParams):
     apd_threshold: float = APD_THRESHOLD.field_info(0.3)
 
     @model_validator(mode="after")
-    def _own_rule_only(self) -> "APDParams":
+    def _own_rule_only(self) -> APDParams:
         if self.threshold is not None or self.factor is not None:
             raise ValueError("apd commits by apd_threshold / apd_max_parallel; threshold and factor do not apply")
         return self

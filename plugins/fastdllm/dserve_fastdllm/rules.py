@@ -44,10 +44,12 @@ def predict_rows(
         if temperature != 0:
             x0[r] = gumbel_argmax(candidates[r], temperature, generators[r])
     if remasking == "low_confidence":
-        conf = torch.cat([
-            torch.softmax(logits[i : i + chunk].to(torch.float64), dim=-1).gather(-1, x0[i : i + chunk, :, None]).squeeze(-1)
-            for i in range(0, logits.shape[0], chunk)
-        ])
+        conf = torch.cat(
+            [
+                torch.softmax(logits[i : i + chunk].to(torch.float64), dim=-1).gather(-1, x0[i : i + chunk, :, None]).squeeze(-1)
+                for i in range(0, logits.shape[0], chunk)
+            ]
+        )
     else:
         conf = torch.stack([torch.rand(x0.shape[1:], generator=g, device=x0.device) for g in generators])
     return x0, conf
@@ -100,10 +102,14 @@ def transfer_mask(
 ) -> torch.Tensor:
     """`transfer_masks` for one row: conf [w], scope size n; rules given as numbers or None."""
     nan = float("nan")
-    per_row = torch.tensor([[n, n if quota is None else quota, nan if threshold is None else threshold,
-                             nan if factor is None else factor]], dtype=torch.float64, device=conf.device)
-    return transfer_masks(conf[None], per_row[:, 0].long(), quota=per_row[:, 1].long(), threshold=per_row[:, 2],
-                          factor=per_row[:, 3])[0]
+    per_row = torch.tensor(
+        [[n, n if quota is None else quota, nan if threshold is None else threshold, nan if factor is None else factor]],
+        dtype=torch.float64,
+        device=conf.device,
+    )
+    return transfer_masks(
+        conf[None], per_row[:, 0].long(), quota=per_row[:, 1].long(), threshold=per_row[:, 2], factor=per_row[:, 3]
+    )[0]
 
 
 def leftmost_confident_run(

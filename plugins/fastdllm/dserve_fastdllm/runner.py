@@ -32,8 +32,7 @@ from dserve.batch import Row, to_device
 from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
 from dserve.sampling import make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
-from dserve_fastdllm.params import FastDLLMParams
-from dserve_fastdllm.params import APDParams
+from dserve_fastdllm.params import APDParams, FastDLLMParams
 from dserve_fastdllm.rules import leftmost_confident_run, predict_rows, transfer_masks
 
 
@@ -169,8 +168,12 @@ class BasicRunner(AlgorithmRunner):
         """Which positions each row commits [B, n], from its confidences (-inf where not masked)."""
         nan = float("nan")
         per_row = [
-            [s.engine_state.masks_left, self._quota(s),
-             nan if s.params.threshold is None else s.params.threshold, nan if s.params.factor is None else s.params.factor]
+            [
+                s.engine_state.masks_left,
+                self._quota(s),
+                nan if s.params.threshold is None else s.params.threshold,
+                nan if s.params.factor is None else s.params.factor,
+            ]
             for s in seqs
         ]
         n, quota, threshold, factor = to_device(torch.tensor(per_row, dtype=torch.float64), conf.device).T

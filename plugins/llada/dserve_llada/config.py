@@ -28,7 +28,7 @@ class LLaDAConfig:
         return self.d_model // self.n_heads
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "LLaDAConfig":
+    def from_dict(cls, cfg: dict) -> LLaDAConfig:
         unsupported = {
             k: cfg[k]
             for k in ("include_bias", "include_qkv_bias", "alibi", "attention_layer_norm", "input_emb_norm")

@@ -101,8 +101,14 @@ class LLaDAModel(DiffusionModel):
         return self.model.transformer.wte
 
     def forward(
-        self, input_ids=None, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None,
-        logits_index=None, inputs_embeds=None,
+        self,
+        input_ids=None,
+        positions=None,
+        *,
+        attention_mask=None,
+        kv_cache: KVCache | None = None,
+        logits_index=None,
+        inputs_embeds=None,
     ):
         t = self.model.transformer
         x = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # soft tokens (dinfer_soft)
@@ -130,8 +136,14 @@ def load_llada(
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
     model, path = load_native(
-        path, config_from_dict=LLaDAConfig.from_dict, build=LLaDAModel, random=random_llada, on_device=_rotary_on,
-        dtype=dtype, device=device, load_format=load_format,
+        path,
+        config_from_dict=LLaDAConfig.from_dict,
+        build=LLaDAModel,
+        random=random_llada,
+        on_device=_rotary_on,
+        dtype=dtype,
+        device=device,
+        load_format=load_format,
     )
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)

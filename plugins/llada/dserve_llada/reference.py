@@ -48,7 +48,11 @@ class ReferenceRunner(AlgorithmRunner):
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         canvas = self.new_canvas(seq)
-        return _State(canvas, make_generator(request_seed(seq.seed, seq.params.temperature), device), seq.params.steps_per_block(seq.gen_length))
+        return _State(
+            canvas,
+            make_generator(request_seed(seq.seed, seq.params.temperature), device),
+            seq.params.steps_per_block(seq.gen_length),
+        )
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
@@ -58,11 +62,11 @@ class ReferenceRunner(AlgorithmRunner):
         logits = iter(self.forward([row for seq in seqs for row in self._rows(seq)]))
         results = []
         for seq in seqs:
-            l = next(logits)
+            cond = next(logits)
             if seq.params.cfg_scale > 0:
                 un = next(logits)
-                l = un + (seq.params.cfg_scale + 1) * (l - un)
-            results.append(self._commit(seq, l))
+                cond = un + (seq.params.cfg_scale + 1) * (cond - un)
+            results.append(self._commit(seq, cond))
         return results
 
     def _rows(self, seq: Sequence) -> list[Row]:

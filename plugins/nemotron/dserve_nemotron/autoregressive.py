@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from dserve.batch import Row
 from dserve.engine import StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve.batch import Row
 from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
 
 
@@ -49,7 +49,7 @@ class AutoregressiveRunner(NemotronRunner):
         running = [s for s in seqs if s.engine_state.generated]
         for group, graphable in ((fresh, False), (running, True)):
             rows = [self._row(s) for s in group]
-            logits.update({s.seq_id: l[-1] for s, l in zip(group, self.forward(rows, graphable=graphable))})
+            logits.update({s.seq_id: row_logits[-1] for s, row_logits in zip(group, self.forward(rows, graphable=graphable))})
         results = []
         for seq in seqs:
             st: _State = seq.engine_state

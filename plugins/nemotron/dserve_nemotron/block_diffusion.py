@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+from dserve.batch import Row
 from dserve.engine import StepResult
 from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
-from dserve.batch import Row
 from dserve_nemotron.params import BlockDiffusionParams
 from dserve_nemotron.rules import unmask_step
 from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
@@ -94,7 +94,7 @@ class BlockDiffusionRunner(NemotronRunner):
             ([s for s in seqs if s.engine_state.phase != PREFILL], True),
         ):
             out = self.forward([self._row(s.engine_state) for s in group], graphable=graphable)
-            logits.update({s.seq_id: l for s, l in zip(group, out)})
+            logits.update({s.seq_id: row_logits for s, row_logits in zip(group, out)})
         results = []
         for seq in seqs:
             phase = seq.engine_state.phase

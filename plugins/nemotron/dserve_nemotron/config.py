@@ -52,7 +52,7 @@ class NemotronConfig:
         return self.rope_parameters.get("original_max_position_embeddings")
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "NemotronConfig":
+    def from_dict(cls, cfg: dict) -> NemotronConfig:
         archs = cfg.get("architectures") or []
         arch = next((a for a in archs if a in MINISTRAL_ARCHITECTURES + QWEN3_ARCHITECTURES), None)
         if arch is None:

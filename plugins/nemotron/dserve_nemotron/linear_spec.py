@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from dserve.batch import Row
 from dserve.engine import StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve.batch import Row
 from dserve_nemotron.params import LinearSpecParams
 from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
 
@@ -55,16 +55,20 @@ class LinearSpecRunner(NemotronRunner):
         rounds = [s for s in seqs if s.engine_state.generated > 0]
         results = {}
         prefill = self.forward(
-            [over_cache(s.engine_state.prompt, 0, causal=True, cache_row=s.engine_state.cache_row, all_logits=False)
-             for s in fresh],
+            [
+                over_cache(s.engine_state.prompt, 0, causal=True, cache_row=s.engine_state.cache_row, all_logits=False)
+                for s in fresh
+            ],
             graphable=False,
         )
         for seq, logits in zip(fresh, prefill):
-            results[seq.seq_id] = self._emit(seq, [int(sample(logits[-1], seq.params.temperature, seq.engine_state.generator))], nfe=1)
+            results[seq.seq_id] = self._emit(
+                seq, [int(sample(logits[-1], seq.params.temperature, seq.engine_state.generator))], nfe=1
+            )
         if rounds:
             blocks = [self._draft_block(s) for s in rounds]
             drafts = self.forward([self._block_row(s, b, causal=False) for s, b in zip(rounds, blocks)])
-            blocks = [self._fill(s, b, l) for s, b, l in zip(rounds, blocks, drafts)]
+            blocks = [self._fill(s, b, draft) for s, b, draft in zip(rounds, blocks, drafts)]
             verified = self.forward([self._block_row(s, b, causal=True) for s, b in zip(rounds, blocks)])
             for seq, block, logits in zip(rounds, blocks, verified):
                 results[seq.seq_id] = self._accept(seq, block, logits)

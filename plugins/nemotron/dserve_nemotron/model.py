@@ -132,8 +132,14 @@ class NemotronDiffusionModel(DiffusionModel):
         return scale[:, None, :, None]
 
     def forward(
-        self, input_ids=None, positions=None, *, attention_mask=None, kv_cache: KVCache | None = None,
-        logits_index=None, inputs_embeds=None,
+        self,
+        input_ids=None,
+        positions=None,
+        *,
+        attention_mask=None,
+        kv_cache: KVCache | None = None,
+        logits_index=None,
+        inputs_embeds=None,
     ):
         x = self.encoder.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -159,8 +165,14 @@ def load_nemotron(
 
     load_format "dummy": random weights in the config's shape (only config.json is read)."""
     model, path = load_native(
-        path, config_from_dict=NemotronConfig.from_dict, build=NemotronDiffusionModel, random=random_nemotron,
-        on_device=_rotary_on, dtype=dtype, device=device, load_format=load_format,
+        path,
+        config_from_dict=NemotronConfig.from_dict,
+        build=NemotronDiffusionModel,
+        random=random_nemotron,
+        on_device=_rotary_on,
+        dtype=dtype,
+        device=device,
+        load_format=load_format,
     )
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
