@@ -91,12 +91,14 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
     rows = batch.rows
     if not rows:
         return []
-    cached = rows[0].cache_row is not None
-    if any((r.cache_row is not None) != cached for r in rows):
+    cache_rows_in = [r.cache_row for r in rows]
+    cached_rows = [c for c in cache_rows_in if c is not None]
+    cached = bool(cached_rows)
+    if cached and len(cached_rows) != len(rows):
         raise ValueError("a RowBatch's rows are either all cached or none")
     if cached and pool is None:
         raise ValueError("cached rows need the runner's CachePool")
-    order = sorted(range(len(rows)), key=lambda i: rows[i].cache_row) if cached else list(range(len(rows)))
+    order = sorted(range(len(rows)), key=lambda i: cached_rows[i]) if cached else list(range(len(rows)))
     ordered = [rows[i] for i in order]
     device = model.device
     B = len(ordered)
@@ -142,10 +144,11 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
 
     cache = None
     if cached:
+        assert pool is not None  # checked above
         cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
         key_positions = torch.arange(cache.capacity, device=device)
         mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal)
-        cache_rows = [r.cache_row for r in ordered]
+        cache_rows = [cached_rows[i] for i in order]
         consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + B))
         use = slice(cache_rows[0], cache_rows[0] + B) if consecutive else _upload(device, cache_rows)[0]
         cache.use_rows(use)
@@ -162,8 +165,8 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
             cache.use_rows(None)
 
     out: list[torch.Tensor] = [logits] * len(rows)  # placeholders, all replaced below
-    for i, r, (a, b) in zip(order, range(B), wanted):
-        out[i] = logits[r, : b - a]
+    for i, row_index, (a, b) in zip(order, range(B), wanted):
+        out[i] = logits[row_index, : b - a]
     return out
 
 

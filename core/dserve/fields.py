@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
-from pydantic.fields import FieldInfo
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,12 @@ class DecodingField:
     def cli_flags(self) -> tuple[str, ...]:
         return self.flags or ("--" + (self.setting_name or self.name).replace("_", "-"),)
 
-    def field_info(self, default: Any = None, description: str | None = None) -> FieldInfo:
+    def field_info(self, default: Any = None, description: str | None = None) -> Any:
         """The pydantic field: this declaration's bounds, with a default (and a description of
-        its own where an algorithm's parameter model explains what the field means to it)."""
-        return Field(default, description=description or self.description, **dict(self.bounds or {}))
+        its own where an algorithm's parameter model explains what the field means to it).
+        Typed Any, as pydantic's own `Field` is, so that `x: int = spec.field_info(1)` checks."""
+        bounds: dict[str, Any] = dict(self.bounds or {})
+        return Field(default, description=description or self.description, **bounds)
 
     def optional_type(self) -> Any:
         return self.type | None
@@ -156,8 +157,10 @@ def add_cli_arguments(group: argparse._ActionsContainer, fields: Iterable[Decodi
                 group.add_argument(negative, dest=dest, action="store_false", default=None, help=argparse.SUPPRESS)
             continue
         choices = getattr(f.type, "__args__", None) if getattr(f.type, "__origin__", None) is Literal else None
-        kind = None if choices else f.type
-        group.add_argument(*f.cli_flags, dest=dest, type=kind, choices=choices, help=f.description)
+        if choices:
+            group.add_argument(*f.cli_flags, dest=dest, choices=choices, help=f.description)
+        else:
+            group.add_argument(*f.cli_flags, dest=dest, type=f.type, help=f.description)
 
 
 def server_param_defaults(settings: Any, fields: Iterable[DecodingField]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class StreamOptions(BaseModel):
 
 # The decoding fields (engine, generation_algorithm, steps, block_length, ..., temperature,
 # max_tokens) come from their one declaration in dserve.fields, bounds and descriptions included.
-DiffusionFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
+DiffusionFields: type[BaseModel] = create_model(
     "DiffusionFields",
     __doc__="Diffusion decoding fields (send them with the OpenAI client's `extra_body`).",
     __module__=__name__,

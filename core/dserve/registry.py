@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dserve.fields import CORE_FIELDS, DecodingField
+
+if TYPE_CHECKING:  # the registry imports no torch: runner classes are named, not imported
+    from dserve.engine import AlgorithmRunner
+    from dserve.params import DecodingParams
 
 
 def import_string(target: str) -> Any:
@@ -57,10 +61,10 @@ class AlgorithmSpec:
     requires: frozenset[str] = frozenset()
     description: str = ""
 
-    def load_params(self) -> type:
+    def load_params(self) -> type[DecodingParams]:
         return import_string(self.params)
 
-    def load_runner(self) -> type:
+    def load_runner(self) -> type[AlgorithmRunner]:
         return import_string(self.runner)
 
 

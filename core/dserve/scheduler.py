@@ -261,7 +261,8 @@ class Scheduler:
                     self._fail(handle, error)
 
     def _take_admissible(self) -> list[GenerationHandle]:
-        taken, kept = [], collections.deque()
+        taken: list[GenerationHandle] = []
+        kept: collections.deque[GenerationHandle] = collections.deque()
         room: dict[RunnerKey, int] = {}
         while self._waiting:
             handle = self._waiting.popleft()

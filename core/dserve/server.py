@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 import uvicorn
@@ -79,16 +80,18 @@ def create_app(settings: Settings, *, load_model: bool = True) -> Starlette:
             service.shutdown()
             pm.hook.server_shutdown(state=service)
 
+    # each handler takes its own exception type; Starlette's annotation says Exception for all
+    exception_handlers: dict[Any, Callable[..., Any]] = {
+        APIError: _api_error,
+        HTTPException: _http_error,
+        RequestBodyTooLarge: _too_large,
+        ClientDisconnect: _client_gone,
+        Exception: _internal_error,
+    }
     app = Starlette(
         routes=[route.starlette_route() for route in api_routes],
         middleware=middleware_from_settings(settings, metrics),
-        exception_handlers={
-            APIError: _api_error,
-            HTTPException: _http_error,
-            RequestBodyTooLarge: _too_large,
-            ClientDisconnect: _client_gone,
-            Exception: _internal_error,
-        },
+        exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
     app.state.dserve = service
@@ -108,6 +111,7 @@ def _load(app: Starlette, service: GenerationService, pm, on_failure: Callable[[
         if on_failure is not None:
             on_failure()
         return
+    assert service.scheduler is not None  # load() returned: the scheduler runs
     app.state.watchdog = Watchdog(service.scheduler)
     app.state.watchdog.start()
     pm.hook.server_startup(state=service)
@@ -162,7 +166,8 @@ class DrainingServer(uvicorn.Server):
 
     def _drain_then_exit(self, sig, frame) -> None:
         deadline = time.monotonic() + self.grace
-        while self.service.scheduler.in_flight() and time.monotonic() < deadline:
+        scheduler = self.service.scheduler
+        while scheduler is not None and scheduler.in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.1)  # let the last responses flush
         super().handle_exit(sig, frame)

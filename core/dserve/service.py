@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ class GenerationService:
         self.load_error: str | None = None  # why loading failed, for /health
         self.load_exception: BaseException | None = None
         self.created = int(time.time())
-        self.on_step = None  # set by the server to feed metrics
+        self.on_step: Callable[[int, list[int]], None] | None = None  # set by the server to feed metrics
         self._ready = threading.Event()
 
     @property
@@ -124,16 +125,14 @@ class GenerationService:
                 param="engine",
                 code="unknown_engine",
             )
-        if algorithm is None:
-            algorithm = (
-                self.settings.algorithm
-                if self.settings.algorithm and engine.algorithm(self.settings.algorithm)
-                else (
-                    self.model_spec.default_algorithm
-                    if self.model_spec and engine.algorithm(self.model_spec.default_algorithm or "")
-                    else engine.default_algorithm
-                )
-            )
+        if algorithm is None:  # the server's default, else the family's, else the engine's
+            family_default = self.model_spec.default_algorithm if self.model_spec else None
+            if self.settings.algorithm and engine.algorithm(self.settings.algorithm):
+                algorithm = self.settings.algorithm
+            elif family_default and engine.algorithm(family_default):
+                algorithm = family_default
+            else:
+                algorithm = engine.default_algorithm
         alg = engine.algorithm(algorithm)
         if alg is None:
             raise BadRequest(
@@ -181,7 +180,8 @@ class GenerationService:
         the server's default for each (for /generation/algorithms)."""
         out = []
         for f in self.registry.decoding_fields:
-            schema = params_schema(create_model("F", **{f.name: (f.optional_type(), f.field_info(None))}))[f.name]
+            one_field: dict[str, Any] = {f.name: (f.optional_type(), f.field_info(None))}
+            schema = params_schema(create_model("F", **one_field))[f.name]
             schema.pop("default", None)
             out.append(
                 {
@@ -262,6 +262,8 @@ class GenerationService:
             stop_ids = () if ignore_eos else self.model.info.stop_ids
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
             handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))
+        if self.scheduler is None:  # check_model() said loading already; a plugin route may not have asked
+            raise Unavailable("the model is still loading", code="model_loading")
         self.scheduler.submit(handles)
         return handles
 

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dserve.fields import DecodingField, settings_fields
 
-try:  # pydantic-settings >= 2.7: DSERVE_GPU_IDS=0,2,4,6 reaches the validator undecoded
-    from pydantic_settings import NoDecode
-except ImportError:  # older: the variable must be JSON, DSERVE_GPU_IDS='[0,2,4,6]'
-    NoDecode = None
-
-T = TypeVar("T")
-# A list given as text: "a", "a,b" or a JSON list ["a", "b"] (flags that repeat give a list of
-# such texts). Without NoDecode pydantic-settings would insist on JSON for the variable.
-_ListFromText = Annotated[list[T], NoDecode] if NoDecode else list[T]
+# Lists given as text: "a", "a,b" or a JSON list ["a", "b"] (flags that repeat give a list of
+# such texts). NoDecode hands the DSERVE_* variable's text to the validator undecoded; without
+# it pydantic-settings would insist on JSON.
+_TextList = Annotated[list[str], NoDecode]
+_IntList = Annotated[list[int], NoDecode]
 
 
 def _split_list(value: Any) -> Any:
@@ -101,7 +97,7 @@ class ServerSettings(BaseSettings):
     result_ttl: float = Field(600.0, gt=0.0, description="seconds finished async job results are kept")
 
     # middleware
-    api_key: _ListFromText[str] | None = Field(
+    api_key: _TextList | None = Field(
         None, description="accepted bearer key(s): one key, k1,k2 or a JSON list; the flag can repeat"
     )
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
@@ -113,7 +109,7 @@ class ServerSettings(BaseSettings):
 
     # scale-out (docs/scale-out.md): one worker process per GPU behind a routing front
     gpus: int | None = Field(None, ge=1, description="start this many workers (GPUs 0..N-1) behind a front")
-    gpu_ids: _ListFromText[int] | None = Field(None, description="GPU ids for the workers, e.g. 0,2,4,6")
+    gpu_ids: _IntList | None = Field(None, description="GPU ids for the workers, e.g. 0,2,4,6")
     worker_start_interval: float = Field(1.0, ge=0.0, description="seconds between worker launches")
     worker_base_port: int | None = Field(
         None, ge=1, le=65535, description="worker i listens on this port + i (default: free ports)"
@@ -139,9 +135,7 @@ def settings_class(fields: Sequence[DecodingField]) -> type[ServerSettings]:
     clash = sorted(set(settings_fields(fields)) & set(ServerSettings.model_fields))
     if clash:
         raise ValueError(f"decoding field(s) {clash} would replace server settings of the same name")
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        "Settings", __base__=ServerSettings, __module__=__name__, **settings_fields(fields)
-    )
+    return create_model("Settings", __base__=ServerSettings, __module__=__name__, **settings_fields(fields))
 
 
 def _installed_fields() -> tuple[DecodingField, ...]:

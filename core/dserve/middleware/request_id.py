@@ -40,7 +40,7 @@ class RequestIdMiddleware:
             return
 
         incoming = Headers(scope=scope).get(self.header_name)
-        request_id = incoming if is_sane_request_id(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming is not None and is_sane_request_id(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: dict) -> None:

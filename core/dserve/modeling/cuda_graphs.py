@@ -69,10 +69,9 @@ class GraphedModel:
         kv_cache: KVCache | None = None,
         logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        rows = kv_cache.layers[0].rows if kv_cache is not None else None
-        static_slice = rows if isinstance(rows, slice) else None
-        if static_slice is not None:
-            rows = None
+        layer_rows = kv_cache.layers[0].rows if kv_cache is not None else None
+        static_slice = layer_rows if isinstance(layer_rows, slice) else None
+        rows = layer_rows if isinstance(layer_rows, torch.Tensor) else None  # a slice is part of the key
         args = {"input_ids": input_ids, "positions": positions, "attention_mask": attention_mask, "logits_index": logits_index}
         key = (
             tuple((name, _signature(t)) for name, t in args.items()),
@@ -108,11 +107,12 @@ class GraphedModel:
             if t is not None:
                 entry.inputs[name].copy_(t)
         if rows is not None:
+            assert entry.rows is not None  # captured with row indices: the key says so
             entry.rows.copy_(rows)
         entry.graph.replay()
         return entry.output
 
-    def _capture(self, key, args, kv_cache: KVCache | None, rows: torch.Tensor | None) -> _Graph:
+    def _capture(self, key, args, kv_cache: KVCache | None, rows: torch.Tensor | slice | None) -> _Graph:
         static = {name: t.clone() for name, t in args.items() if t is not None}
         static_rows = rows.clone() if isinstance(rows, torch.Tensor) else rows
 

@@ -34,6 +34,8 @@ class RotaryEmbedding(nn.Module):
     cos/sin to the activation dtype and rotates in it (Dream, Qwen2).
     """
 
+    inv_freq: torch.Tensor
+
     def __init__(self, head_dim: int, theta: float, full_precision: bool = True):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -46,7 +48,7 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos(), emb.sin()
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [B, H, T, D] with cos/sin as returned; x [B, T, H, D] with cos/sin transposed(1, 2)."""
         if self.full_precision:
             xf = x.float()

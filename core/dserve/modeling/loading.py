@@ -75,7 +75,7 @@ def weight_files(path: Path) -> list[Path]:
 
 def load_weights(module: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype, device) -> None:
     """Load every tensor of the checkpoint into `module` by name; names must match exactly."""
-    expected = dict(module.named_parameters())
+    expected: dict[str, torch.Tensor] = dict(module.named_parameters())
     expected.update({n: b for n, b in module.named_buffers() if n in module.state_dict()})
     seen: set[str] = set()
     unexpected: list[str] = []

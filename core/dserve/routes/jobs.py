@@ -10,6 +10,7 @@ import collections
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -172,7 +173,7 @@ async def result(request: Request) -> Response:
         raise NotFound(
             f"no request with id {shown!r} (unknown, expired or not yours)", param="request_id", code="request_not_found"
         )
-    body = {"request_id": job.job_id, "status": job.status, "text": job.text}
+    body: dict[str, Any] = {"request_id": job.job_id, "status": job.status, "text": job.text}
     if job.finish_reason:
         body["finish_reason"] = job.finish_reason
     if job.error:

@@ -62,7 +62,7 @@ async def completions(request: Request) -> Response:
     service = _service(request)
     service.check_model(body.model)
     tok = service.model.tokenizer
-    prompt = body.prompt
+    prompt: Any = body.prompt  # str | list[str] | list[int] | list[list[int]]: told apart below
     if isinstance(prompt, str):
         check_prompt_chars(service, len(prompt), "prompt")
         prompts = [await tokenize(completion_prompt_ids, tok, prompt)]

@@ -231,7 +231,7 @@ async def job_result(request: Request) -> Response:
     # ASCII and short ("%C2%B2" or 5000 digits answered 500 when ids were parsed as ints)
     ref = f.jobs.get(raw, job_owner(request)) if valid_job_id(raw) else None
     w = f.pool.workers[ref.worker] if ref is not None else None
-    if ref is None or w.epoch != ref.epoch:
+    if ref is None or w is None or w.epoch != ref.epoch:
         why = "unknown, expired or not yours" if ref is None else f"worker {ref.worker} restarted since and lost it"
         shown = raw if len(raw) <= MAX_JOB_ID_CHARS else raw[:MAX_JOB_ID_CHARS] + "..."
         return JSONResponse(

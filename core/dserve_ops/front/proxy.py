@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -232,7 +233,7 @@ class RelayResponse(Response):
         self.worker = worker
         self.proxy = proxy
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         try:
             async with anyio.create_task_group() as tg:
 

@@ -202,7 +202,7 @@ class WorkerPool:
         if self._starter is not None:
             self._starter.cancel()
         for w in self.workers:
-            if w.alive:
+            if w.alive and w.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -218,7 +218,7 @@ class WorkerPool:
     def kill(self) -> None:
         self.shutting_down = True
         for w in self.workers:
-            if w.alive:
+            if w.alive and w.proc is not None:
                 log.warning("killing worker", worker=w.index, pid=w.pid)
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
@@ -266,7 +266,7 @@ class WorkerPool:
                 self._give_up(w)
                 return
             if w.restart_at is None:
-                w.last_exit_code = w.proc.returncode
+                w.last_exit_code = w.proc.returncode if w.proc is not None else None
                 w.status = "unhealthy"
                 w.healthy_since = None
                 w.restart_at = now + w.backoff
@@ -329,7 +329,7 @@ class WorkerPool:
 
     def _give_up(self, w: Worker) -> None:
         w.gave_up = True
-        w.last_exit_code = w.proc.returncode
+        w.last_exit_code = w.proc.returncode if w.proc is not None else None
         w.status = "unhealthy"
         w.load_error = (
             w.load_error or f"exited with status {w.last_exit_code} before it was ready: it cannot serve (see its output)"
