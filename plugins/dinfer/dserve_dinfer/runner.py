@@ -46,6 +46,7 @@ between rows; that is the one intended deviation (see README).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -103,6 +104,12 @@ class _Plan:
     window: tuple[int, int] | None = None  # cached forward of canvas[a:b]
 
 
+def _params(seq: Sequence) -> DInferParams:
+    """The sequence's parameters as this plugin's model (Sequence types them DecodingParams; the
+    service validates each request with its algorithm's own params model)."""
+    return cast(DInferParams, seq.params)
+
+
 class DInferRunner(CachedRunner):
     """`dinfer_blockwise`: ThresholdParallelDecoder."""
 
@@ -114,7 +121,7 @@ class DInferRunner(CachedRunner):
     # ---- admission / release ----------------------------------------------------------------
 
     def init_state(self, seq: Sequence) -> _State:
-        p: DInferParams = seq.params
+        p = _params(seq)
         mask_id = self.model.info.mask_id
         device = self.model.device
         L = seq.prompt_len + seq.gen_length
@@ -160,7 +167,7 @@ class DInferRunner(CachedRunner):
         # cached windows, on the canvases the refreshes just updated
         rows = [s for s in seqs if plans[s.seq_id].window is not None]
         if rows:
-            spans = [plans[s.seq_id].window for s in rows]
+            spans = [w for s in rows if (w := plans[s.seq_id].window) is not None]  # all rows: chosen for having one
             for seq, (a, b), (c, logits) in zip(rows, spans, self._forward(rows, spans, cached=True, write=True)):
                 self._after_window(seq, logits, c, a, b)
 
@@ -170,7 +177,7 @@ class DInferRunner(CachedRunner):
             if seq.seq_id in stepped:
                 st.unroll_left -= 1
                 if st.unroll_left == 0:
-                    self._next_unroll(st, seq.params)
+                    self._next_unroll(st, _params(seq))
             committed = sorted((pos - st.prompt_len, tok) for pos, tok in st.committed if pos >= st.prompt_len)
             results.append(StepResult(seq, committed, st.finished, nfe=st.nfe if seq.seq_id in stepped else 0))
         return results
@@ -189,7 +196,7 @@ class DInferRunner(CachedRunner):
 
     def _plan(self, seq: Sequence) -> _Plan:
         st: _State = seq.engine_state
-        p: DInferParams = seq.params
+        p = _params(seq)
         s, e = st.block
         if p.cache == "none":
             return _Plan(full=_FULL_PLAIN)
@@ -208,7 +215,7 @@ class DInferRunner(CachedRunner):
     def _after_full(self, seq: Sequence, logits: torch.Tensor, c: int, kind: str) -> None:
         """Decode after a full-canvas forward; `logits` cover canvas positions [c, c + len)."""
         st: _State = seq.engine_state
-        p: DInferParams = seq.params
+        p = _params(seq)
         s, e = st.block
         self._decode(seq, logits[s - c : e - c])
         if kind == _FULL_CACHE:
@@ -259,7 +266,7 @@ class DInferRunner(CachedRunner):
 
     def _rule(self, seq: Sequence, logits: torch.Tensor, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, commit, logits the rule used) for the current block."""
-        p: DInferParams = seq.params
+        p = _params(seq)
         st: _State = seq.engine_state
         x0, commit = threshold_rule(logits, block, self.model.info.mask_id, self._threshold(st, p), p.temperature, st.generator)
         return x0, commit, logits
@@ -377,8 +384,9 @@ class SoftRunner(DInferRunner):
     def _inputs(self, seq, a, b):
         return seq.engine_state.embeds[a:b]
 
-    def _threshold(self, st, p: SoftParams):
-        return max(1 - st.iter_no * p.threshold_decay, p.threshold)
+    def _threshold(self, st: _State, p: DInferParams) -> float:
+        soft = cast(SoftParams, p)  # dinfer_soft sequences carry SoftParams
+        return max(1 - st.iter_no * soft.threshold_decay, soft.threshold)
 
     @staticmethod
     def _weight(st: _State, p: SoftParams) -> float:
@@ -388,6 +396,7 @@ class SoftRunner(DInferRunner):
         st: _State = seq.engine_state
         tokens = st.canvas[a:b]
         masked = tokens == self.model.info.mask_id
+        assert st.embeds is not None  # set by _init_extra at admission
         st.embeds[a:b] = soft_embeddings(self._embedding(), tokens, masked, logits, weight)
 
     def _logits_span(self, seq, a, b):

@@ -45,7 +45,7 @@ class DreamAttention(nn.Module):
         q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
         a = attention(q, k, v, positions, attention_mask, cache)
         return self.o_proj(a.transpose(1, 2).reshape(B, T, -1))
 
@@ -74,6 +74,15 @@ class DreamDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class DreamBackbone(nn.Module):
+    """`model` in the checkpoint: a container (no forward of its own) whose children are
+    declared here so that they are typed (nn.Module.__getattr__ says `Tensor | Module`)."""
+
+    embed_tokens: nn.Embedding
+    layers: nn.ModuleList  # of DreamDecoderLayer
+    norm: RMSNorm
+
+
 class DreamModel(DiffusionModel):
     def __init__(self, cfg: DreamConfig):
         super().__init__()
@@ -83,7 +92,7 @@ class DreamModel(DiffusionModel):
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
-        self.model = nn.Module()
+        self.model = DreamBackbone()
         self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.model.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -168,12 +177,13 @@ def load_dream(
         device=device,
         load_format=load_format,
     )
+    assert isinstance(model, DreamModel)  # built by DreamModel / random_dream (load_native returns nn.Module)
     model.tokenizer = load_dream_tokenizer(path)
     _add_end_of_turn(model)
     return model
 
 
-def _rotary_on(model: DreamModel, cfg: DreamConfig, device) -> None:
+def _rotary_on(model: nn.Module, cfg: DreamConfig, device) -> None:
     """RoPE frequencies are not in the checkpoint: float32 on the device (cast down when used)."""
     model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=False).to(device)
 
@@ -193,4 +203,5 @@ def random_dream(cfg: DreamConfig, *, dtype=torch.bfloat16, device="cuda", seed:
     with torch.device(device):
         model = DreamModel(cfg).to(dtype)
     _rotary_on(model, cfg, device)
-    return randomize(model, seed=seed)
+    randomize(model, seed=seed)  # in place; returns the same model (typed nn.Module)
+    return model

@@ -50,7 +50,8 @@ def sample(
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     probs = torch.softmax(logits, dim=-1)
-    conf = x0 = None
+    conf: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
     if temperature > 0 and len(probs):
         try:
             # torch.distributions.Categorical(probs).sample(): normalise, then one draw per row
@@ -65,4 +66,5 @@ def sample(
         conf = top2[:, 0] - top2[:, 1]
     elif confidence == ENTROPY:
         conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    assert conf is not None  # set together with x0 above (drawn, or the argmax fallback)
     return conf, x0

@@ -24,6 +24,7 @@ right-padded, pads hidden from attention); everything after the forward is per r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
 import torch
 
@@ -57,13 +58,28 @@ class _Plan:
         return self.count > 0 if self.chosen is None else bool(self.chosen.any())
 
 
+class _SampleOptions(TypedDict):
+    """The keyword arguments `_commit` passes to rules.sample."""
+
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    generator: torch.Generator
+
+
+def _params(seq: Sequence) -> DreamParams:
+    """The sequence's parameters as this plugin's model (Sequence types them DecodingParams; the
+    service validates each request with its algorithm's own params model)."""
+    return cast(DreamParams, seq.params)
+
+
 class DreamRunner(AlgorithmRunner):
     graphable = True
     random_positions = False  # origin: positions drawn at random instead of ranked
     confidence: str | None = None  # which confidence ranks positions (None: top-1 probability)
 
     def init_state(self, seq: Sequence) -> _State:
-        p: DreamParams = seq.params
+        p = _params(seq)
         device = self.model.device
         canvas = self.new_canvas(seq)
         steps = p.total_steps(seq.gen_length)
@@ -119,12 +135,12 @@ class DreamRunner(AlgorithmRunner):
 
     def _commit(self, seq: Sequence, plan: _Plan, logits: torch.Tensor) -> list[tuple[int, int]]:
         st: _State = seq.engine_state
-        p: DreamParams = seq.params
+        p = _params(seq)
         mask_id = self.model.info.mask_id
         region = st.canvas[seq.prompt_len :]
         masked = region == mask_id
         where = masked.nonzero().squeeze(-1)  # generation offsets of the masked positions
-        opts = dict(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, generator=st.generator)
+        opts = _SampleOptions(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, generator=st.generator)
         if plan.chosen is not None:  # origin
             picked = where[plan.chosen]
             _, x0 = sample(logits[picked], **opts)

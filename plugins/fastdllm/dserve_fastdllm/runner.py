@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -56,13 +57,19 @@ class _State:
         return start, start + self.block_length
 
 
+def _params(seq: Sequence) -> FastDLLMParams:
+    """The sequence's parameters as this plugin's model (Sequence types them DecodingParams; the
+    service validates each request with its algorithm's own params model)."""
+    return cast(FastDLLMParams, seq.params)
+
+
 class BasicRunner(AlgorithmRunner):
     """`basic`: every step forwards every full canvas (no cache)."""
 
     graphable = True
 
     def init_state(self, seq: Sequence) -> _State:
-        p: FastDLLMParams = seq.params
+        p = _params(seq)
         device = self.model.device
         canvas = self.new_canvas(seq)
         return _State(
@@ -107,10 +114,10 @@ class BasicRunner(AlgorithmRunner):
         for seqs, logits in groups:
             for seq in seqs:
                 st = seq.engine_state
-                if st.step_in_block == 0 and seq.params.rule == "fixed":
+                if st.step_in_block == 0 and _params(seq).rule == "fixed":
                     st.quota = split_steps(st.masks_left, st.steps_per_block)
             widths = {s.engine_state.block_length for s in seqs}
-            modes = {s.params.remasking for s in seqs}
+            modes = {_params(s).remasking for s in seqs}
             if len(widths) == 1 and len(modes) == 1:
                 transfer, x0 = self._pick_rows(seqs, logits, mask_id)
             else:  # rows of different block lengths or remasking modes: one row at a time
@@ -141,8 +148,9 @@ class BasicRunner(AlgorithmRunner):
     def _quota(seq: Sequence) -> int:
         """Tokens this step commits under the fixed split (the whole scope for other rules)."""
         st: _State = seq.engine_state
-        if seq.params.rule != "fixed":
+        if _params(seq).rule != "fixed":
             return st.masks_left
+        assert st.quota is not None  # set by _commit at the block start under the fixed rule
         return st.quota[st.step_in_block] if st.step_in_block < len(st.quota) else 1
 
     def _pick_rows(self, seqs: list[Sequence], logits: list[torch.Tensor], mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +161,7 @@ class BasicRunner(AlgorithmRunner):
         x0, conf = predict_rows(
             torch.stack(logits),
             temperatures=[s.params.temperature for s in seqs],
-            remasking=seqs[0].params.remasking,
+            remasking=_params(seqs[0]).remasking,
             mask_id=mask_id,
             generators=[st.generator for st in states],
         )
@@ -167,15 +175,17 @@ class BasicRunner(AlgorithmRunner):
     def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Which positions each row commits [B, n], from its confidences (-inf where not masked)."""
         nan = float("nan")
-        per_row = [
-            [
-                s.engine_state.masks_left,
-                self._quota(s),
-                nan if s.params.threshold is None else s.params.threshold,
-                nan if s.params.factor is None else s.params.factor,
-            ]
-            for s in seqs
-        ]
+        per_row = []
+        for s in seqs:
+            p = _params(s)
+            per_row.append(
+                [
+                    s.engine_state.masks_left,
+                    self._quota(s),
+                    nan if p.threshold is None else p.threshold,
+                    nan if p.factor is None else p.factor,
+                ]
+            )
         n, quota, threshold, factor = to_device(torch.tensor(per_row, dtype=torch.float64), conf.device).T
         return transfer_masks(conf, n.long(), quota=quota.long(), threshold=threshold, factor=factor)
 
@@ -234,7 +244,7 @@ class APDRunner(DualCacheRunner):
     """`apd`: the dual cache with the confidence-adaptive left-to-right rule (params.APDParams)."""
 
     def _rule_mask(self, conf: torch.Tensor, masked: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        params: list[APDParams] = [s.params for s in seqs]
+        params = [cast(APDParams, s.params) for s in seqs]  # apd sequences carry APDParams
         rows = torch.tensor([[p.apd_threshold, p.apd_max_parallel] for p in params], dtype=torch.float64)
         threshold, max_parallel = to_device(rows, conf.device).T
         return leftmost_confident_run(conf, masked, threshold, max_parallel.long())

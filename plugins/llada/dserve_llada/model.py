@@ -7,6 +7,7 @@ weights load by name with no mapping table. The arithmetic comes from the core's
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -45,11 +46,11 @@ class LLaDABlock(nn.Module):
             q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
             k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
             v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+            q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
         else:  # fused: one GEMM for q/k/v and one RoPE over q and k together ([B, T, heads, D])
             qkv = nn.functional.linear(h, self.qkv_weight).view(B, T, -1, self.head_dim)
             nq, nqk = self.n_heads, self.n_heads + self.n_kv_heads
-            qk = rotary.apply(qkv[:, :, :nqk], cos.transpose(1, 2), sin.transpose(1, 2))
+            qk = rotary.rotate(qkv[:, :, :nqk], cos.transpose(1, 2), sin.transpose(1, 2))
             q, k, v = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), qkv[:, :, nqk:].transpose(1, 2)
         a = attention(q, k, v, positions, attention_mask, cache)
         x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, -1))
@@ -61,18 +62,34 @@ class LLaDABlock(nn.Module):
         self.gate_up_weight = fuse_linears(self.ff_proj, self.up_proj)
 
 
+class LLaDATransformer(nn.Module):
+    """`model.transformer` in the checkpoint: a container (no forward of its own) whose children
+    are declared here so that they are typed (nn.Module.__getattr__ says `Tensor | Module`)."""
+
+    wte: nn.Embedding
+    blocks: nn.ModuleList  # of LLaDABlock
+    ln_f: RMSNorm
+    ff_out: nn.Linear  # only without weight tying
+
+
+class LLaDAWrapper(nn.Module):
+    """`model` in the checkpoint: holds `transformer` only."""
+
+    transformer: LLaDATransformer
+
+
 class LLaDAModel(DiffusionModel):
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()
         self.cfg = cfg
         self.num_layers, self.num_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
-        transformer = nn.Module()
+        transformer = LLaDATransformer()
         transformer.wte = nn.Embedding(cfg.embedding_size, cfg.d_model)
         transformer.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
         transformer.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         if not cfg.weight_tying:
             transformer.ff_out = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
-        self.model = nn.Module()
+        self.model = LLaDAWrapper()
         self.model.transformer = transformer
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision)
         stop_ids = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
@@ -90,11 +107,12 @@ class LLaDAModel(DiffusionModel):
         """Fuse each block's projections for inference (after the weights are on their device;
         a later `.to()` would unshare the views, so loaders call this last)."""
         for block in self.model.transformer.blocks:
-            block.fuse_projections()
+            cast(LLaDABlock, block).fuse_projections()  # ModuleList yields nn.Module; all are LLaDABlocks
 
     def unfuse_projections(self) -> None:
         """Back to one GEMM per projection (weight-only quantization replaces module weights)."""
-        for block in self.model.transformer.blocks:
+        for module in self.model.transformer.blocks:
+            block = cast(LLaDABlock, module)  # ModuleList yields nn.Module; all are LLaDABlocks
             block.qkv_weight = block.gate_up_weight = None
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -145,12 +163,13 @@ def load_llada(
         device=device,
         load_format=load_format,
     )
+    assert isinstance(model, LLaDAModel)  # built by LLaDAModel / random_llada (load_native returns nn.Module)
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
 
 
-def _rotary_on(model: LLaDAModel, cfg: LLaDAConfig, device) -> None:
+def _rotary_on(model: nn.Module, cfg: LLaDAConfig, device) -> None:
     """RoPE frequencies are not in the checkpoint: build them on the device, in float32."""
     model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=cfg.rope_full_precision).to(device)
 

@@ -18,6 +18,7 @@ to the platform.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -42,6 +43,12 @@ class _State:
         return start, min(start + seq.params.block_length, len(self.canvas))
 
 
+def _params(seq: Sequence) -> ReferenceParams:
+    """The sequence's parameters as this plugin's model (Sequence types them DecodingParams; the
+    service validates each request with its algorithm's own params model)."""
+    return cast(ReferenceParams, seq.params)
+
+
 class ReferenceRunner(AlgorithmRunner):
     graphable = True
 
@@ -63,9 +70,10 @@ class ReferenceRunner(AlgorithmRunner):
         results = []
         for seq in seqs:
             cond = next(logits)
-            if seq.params.cfg_scale > 0:
+            cfg_scale = _params(seq).cfg_scale
+            if cfg_scale > 0:
                 un = next(logits)
-                cond = un + (seq.params.cfg_scale + 1) * (cond - un)
+                cond = un + (cfg_scale + 1) * (cond - un)
             results.append(self._commit(seq, cond))
         return results
 
@@ -75,7 +83,7 @@ class ReferenceRunner(AlgorithmRunner):
         st: _State = seq.engine_state
         start, end = st.block_span(seq)
         rows = [Row(st.canvas, logits=(start, end))]
-        if seq.params.cfg_scale > 0:
+        if _params(seq).cfg_scale > 0:
             un = st.canvas.clone()
             un[: seq.prompt_len] = self.model.info.mask_id
             rows.append(Row(un, logits=(start, end)))
@@ -83,12 +91,13 @@ class ReferenceRunner(AlgorithmRunner):
 
     def _commit(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         st: _State = seq.engine_state
-        p: ReferenceParams = seq.params
+        p = _params(seq)
         start, end = st.block_span(seq)
         block = st.canvas[start:end]
         masked = block == self.model.info.mask_id
         if st.step_in_block == 0:
             st.schedule = split_steps(int(masked.sum()), st.steps_per_block)
+        assert st.schedule is not None  # set at the block's first step, just above
         k = st.schedule[st.step_in_block]
 
         committed: list[tuple[int, int]] = []

@@ -37,8 +37,10 @@ class AutoregressiveRunner(NemotronRunner):
 
     def _row(self, seq: Sequence) -> Row:
         st: _State = seq.engine_state
+        assert st.cache_row is not None  # taken at admission, given back only at release
         if st.generated == 0:
             return over_cache(st.prompt, 0, causal=True, cache_row=st.cache_row, all_logits=False)
+        assert st.last is not None  # set by every step after the prefill
         return over_cache(st.last, seq.prompt_len + st.generated - 1, causal=True, cache_row=st.cache_row, all_logits=False)
 
     @torch.inference_mode()

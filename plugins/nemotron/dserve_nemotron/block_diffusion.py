@@ -25,6 +25,7 @@ per row, so a sequence's tokens do not depend on its batch-mates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -62,7 +63,7 @@ class _State:
 
 class BlockDiffusionRunner(NemotronRunner):
     def init_state(self, seq: Sequence) -> _State:
-        p: BlockDiffusionParams = seq.params
+        p = cast(BlockDiffusionParams, seq.params)  # block_diffusion sequences carry BlockDiffusionParams
         device = self.model.device
         canvas = self.new_canvas(seq)
         causal = p.causal_context if p.causal_context is not None else getattr(self.model, "causal_prefix", True)
@@ -78,6 +79,7 @@ class BlockDiffusionRunner(NemotronRunner):
         )
 
     def _row(self, st: _State) -> Row:
+        assert st.cache_row is not None  # taken at admission, given back only at release
         if st.phase == PREFILL:
             return over_cache(st.canvas[: st.prompt_len], 0, causal=st.causal, cache_row=st.cache_row, all_logits=False)
         s, e = st.block_range
@@ -120,7 +122,7 @@ class BlockDiffusionRunner(NemotronRunner):
 
     def _denoise(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         st: _State = seq.engine_state
-        p: BlockDiffusionParams = seq.params
+        p = cast(BlockDiffusionParams, seq.params)  # block_diffusion sequences carry BlockDiffusionParams
         mask_id = self.model.info.mask_id
         s, e = st.block_range
         block = st.canvas[s:e]

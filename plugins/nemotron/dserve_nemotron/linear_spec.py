@@ -17,6 +17,7 @@ cut (the published loop can overshoot by a few). At T = 0 the output is greedy A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -75,17 +76,18 @@ class LinearSpecRunner(NemotronRunner):
         return [results[s.seq_id] for s in seqs]
 
     def _draft_block(self, seq: Sequence) -> torch.Tensor:
-        p: LinearSpecParams = seq.params
+        p = cast(LinearSpecParams, seq.params)  # linear_spec sequences carry LinearSpecParams
         block = torch.full((p.block_length,), self.model.info.mask_id, dtype=torch.long, device=self.model.device)
         block[0] = seq.engine_state.seed
         return block
 
     def _block_row(self, seq: Sequence, block: torch.Tensor, *, causal: bool) -> Row:
         st: _State = seq.engine_state
+        assert st.cache_row is not None  # taken at admission, given back only at release
         return over_cache(block, st.cache_len(seq.prompt_len), causal=causal, cache_row=st.cache_row, all_logits=True)
 
     def _fill(self, seq: Sequence, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        p: LinearSpecParams = seq.params
+        p = cast(LinearSpecParams, seq.params)  # linear_spec sequences carry LinearSpecParams
         tokens = sample(logits, p.temperature, seq.engine_state.generator)
         probs = torch.softmax(logits / p.temperature if p.temperature > 0 else logits, dim=-1)
         conf = probs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -15,6 +15,7 @@ predict token i + 1 (next token), which is how the published `ar` and `linear_sp
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,11 +57,19 @@ class NemotronAttention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary.apply(q.transpose(1, 2), cos, sin), rotary.apply(k.transpose(1, 2), cos, sin)
+        q, k = rotary.rotate(q.transpose(1, 2), cos, sin), rotary.rotate(k.transpose(1, 2), cos, sin)
         if q_scale is not None:  # Llama-4 position-dependent query scaling, after RoPE
             q = q * q_scale.to(q.dtype)
         a = attention(q, k, v, positions, attention_mask, cache)
         return self.o_proj(a.transpose(1, 2).reshape(B, T, -1))
+
+
+class NemotronMLP(nn.Module):
+    """`mlp` in the checkpoint: the three projections (a container; the layer runs swiglu)."""
+
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
 
 
 class NemotronLayer(nn.Module):
@@ -69,7 +78,7 @@ class NemotronLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = NemotronAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = nn.Module()
+        self.mlp = NemotronMLP()
         self.mlp.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.mlp.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.mlp.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
@@ -87,12 +96,21 @@ class NemotronLayer(nn.Module):
         self.gate_up_weight = fuse_linears(m.gate_proj, m.up_proj)
 
 
+class NemotronEncoder(nn.Module):
+    """`encoder` in the checkpoint: a container (no forward of its own) whose children are
+    declared here so that they are typed (nn.Module.__getattr__ says `Tensor | Module`)."""
+
+    embed_tokens: nn.Embedding
+    layers: nn.ModuleList  # of NemotronLayer
+    norm: RMSNorm
+
+
 class NemotronDiffusionModel(DiffusionModel):
     def __init__(self, cfg: NemotronConfig, family: str = "nemotron"):
         super().__init__()
         self.cfg = cfg
         self.num_layers, self.num_kv_heads, self.head_dim = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
-        self.encoder = nn.Module()
+        self.encoder = NemotronEncoder()
         self.encoder.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.encoder.layers = nn.ModuleList(NemotronLayer(cfg) for _ in range(cfg.num_layers))
         self.encoder.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -114,11 +132,12 @@ class NemotronDiffusionModel(DiffusionModel):
         """Fuse each layer's projections for inference (after the weights are on their device;
         a later `.to()` would unshare the views, so loaders call this last)."""
         for layer in self.encoder.layers:
-            layer.fuse_projections()
+            cast(NemotronLayer, layer).fuse_projections()  # ModuleList yields nn.Module; all are NemotronLayers
 
     def unfuse_projections(self) -> None:
         """Back to one GEMM per projection (weight-only quantization replaces module weights)."""
-        for layer in self.encoder.layers:
+        for module in self.encoder.layers:
+            layer = cast(NemotronLayer, module)  # ModuleList yields nn.Module; all are NemotronLayers
             layer.self_attn.qkv_weight = layer.gate_up_weight = None
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -174,12 +193,13 @@ def load_nemotron(
         device=device,
         load_format=load_format,
     )
+    assert isinstance(model, NemotronDiffusionModel)  # built by this class / random_nemotron (load_native returns nn.Module)
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
 
 
-def _rotary_on(model: NemotronDiffusionModel, cfg: NemotronConfig, device) -> None:
+def _rotary_on(model: nn.Module, cfg: NemotronConfig, device) -> None:
     """YaRN frequencies are not in the checkpoint: float32 on the device."""
     model.rotary = build_rotary(cfg, device)
 
