@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from dserve.front.jobs import JobMap
+from dserve_ops.front.jobs import JobMap
 from dserve.routes.jobs import JobStore
 from reliability.helpers import MODEL_ARGS, ServerProcess, wait_for
 
