@@ -11,11 +11,12 @@ import time
 
 import pytest
 import uvicorn
-from dserve_ops import bench
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+
+from dserve_ops import bench
 
 TOKEN_DELAY_S = 0.002
 FIRST_TOKEN_DELAY_S = 0.02

@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+
 from dserve_ops.evaluation import tasks
 from dserve_ops.evaluation.tasks import (
     KINDS,

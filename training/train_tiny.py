@@ -44,6 +44,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from dserve_ops.evaluation.tasks import (  # noqa: E402
     EVAL_GEN_LENGTH,
     KINDS,

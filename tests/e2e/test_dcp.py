@@ -14,12 +14,12 @@ import openai
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from dserve_ops import dcp as dserve_dcp
 from safetensors.torch import load_file
 
 from dserve.modeling.loading import weight_files
 from dserve_llada import EMBEDDED_MODEL_DIR
 from dserve_llada.model import load_llada
+from dserve_ops import dcp as dserve_dcp
 from e2e.server import ServerProcess
 
 BASE = Path(os.environ.get("DSERVE_TEST_MODEL") or EMBEDDED_MODEL_DIR)

@@ -6,11 +6,11 @@ import asyncio
 
 import httpx
 import pytest
-from dserve_ops.evaluation import generate_examples
-from dserve_ops.evaluation.harness import evaluate
 
 from dserve_dream import TINY_MODEL_DIR as DREAM_DIR
 from dserve_nemotron import TINY_MODEL_DIR as NEMOTRON_DIR
+from dserve_ops.evaluation import generate_examples
+from dserve_ops.evaluation.harness import evaluate
 from e2e.server import ServerProcess
 
 SAMPLE = 40

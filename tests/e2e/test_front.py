@@ -42,9 +42,8 @@ def _all_healthy(url: str, n: int = 2) -> bool:
 
 
 def test_worker_command_carries_the_serve_settings(monkeypatch):
-    from dserve_ops.front.command import worker_command
-
     from dserve.settings import Settings
+    from dserve_ops.front.command import worker_command
 
     monkeypatch.setenv("DSERVE_GPUS", "2")  # a worker inheriting this would start a front itself
     monkeypatch.setenv("DSERVE_MAX_QUEUE_SIZE", "7")
@@ -60,9 +59,8 @@ def test_worker_command_carries_the_serve_settings(monkeypatch):
 
 
 def test_worker_command_carries_boolean_and_speed_flags():
-    from dserve_ops.front.command import worker_command
-
     from dserve.settings import Settings
+    from dserve_ops.front.command import worker_command
 
     settings = Settings(enable_apd=True, apd_threshold=0.5, compile=True, flash_attention=False, gpu_memory_utilization=0.5)
     argv, _ = worker_command(settings, port=9001, device="cuda:0", cuda_visible="0", index=0)
@@ -74,9 +72,8 @@ def test_worker_command_carries_boolean_and_speed_flags():
 def test_cpu_workers_split_the_cores(monkeypatch):
     import os
 
-    from dserve_ops.front.command import worker_command
-
     from dserve.settings import Settings
+    from dserve_ops.front.command import worker_command
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)

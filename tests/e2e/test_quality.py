@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+
 from dserve_ops.evaluation import generate_examples
 from dserve_ops.evaluation.harness import evaluate
 

@@ -34,9 +34,8 @@ VENV = Path(os.environ.get("DSERVE_RAY_VENV", Path.home() / ".cache" / "dserve-t
 def test_missing_ray_gives_a_clear_error(monkeypatch, capsys):
     import builtins
 
-    from dserve_ops import ray_serve
-
     from dserve.cli import main
+    from dserve_ops import ray_serve
 
     real_import = builtins.__import__
 

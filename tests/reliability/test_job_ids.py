@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from dserve_ops.front.jobs import JobMap
 from dserve.routes.jobs import JobStore
+from dserve_ops.front.jobs import JobMap
 from reliability.helpers import MODEL_ARGS, ServerProcess, wait_for
 
 A = {"authorization": "Bearer key-a"}
