@@ -147,7 +147,7 @@ def test_tasks_module_is_torch_free():
         if isinstance(n, (ast.Import, ast.ImportFrom))
         for a in (n.names if isinstance(n, ast.Import) else [n])
     }
-    assert imported <= {"__future__", "hashlib", "random", "string", "dataclasses", "typing"}
+    assert imported <= {"__future__", "collections", "hashlib", "random", "string", "dataclasses", "typing"}
 
 
 # --- harness against a mocked OpenAI-compatible server ---------------------------------------

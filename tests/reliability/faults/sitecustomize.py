@@ -21,31 +21,38 @@ import time
 _FAULT = os.environ.get("DSERVE_TEST_FAULT", "")
 
 if _FAULT:
+    import dserve.loader
     from dserve.service import GenerationService
 
     _kind, _, _target = _FAULT.partition(":")
-    _make_runner = GenerationService._make_runner
+    _runner_factory = dserve.loader.runner_factory
 
-    def _faulty_make_runner(self, key):
-        if "/".join(key) != _target:
-            return _make_runner(self, key)
-        if _kind == "runner_init_raises":
-            raise RuntimeError(f"injected fault: building {_target} fails")
-        runner = _make_runner(self, key)
-        if _kind == "step_hangs":
-            forever = threading.Event()
-            runner.step = lambda: forever.wait()
-        elif _kind == "step_sleeps":
-            step, pause = runner.step, float(os.environ.get("DSERVE_TEST_STEP_SLEEP", "0.5"))
+    def _faulty_runner_factory(model, settings):
+        make = _runner_factory(model, settings)
 
-            def slow_step():
-                time.sleep(pause)
-                return step()
+        def faulty_make(spec):
+            if "/".join(spec.runner_key) != _target:
+                return make(spec)
+            if _kind == "runner_init_raises":
+                raise RuntimeError(f"injected fault: building {_target} fails")
+            runner = make(spec)
+            if _kind == "step_hangs":
+                forever = threading.Event()
+                runner.step = lambda: forever.wait()
+            elif _kind == "step_sleeps":
+                step, pause = runner.step, float(os.environ.get("DSERVE_TEST_STEP_SLEEP", "0.5"))
 
-            runner.step = slow_step
-        return runner
+                def slow_step():
+                    time.sleep(pause)
+                    return step()
 
-    GenerationService._make_runner = _faulty_make_runner
+                runner.step = slow_step
+            return runner
+
+        return faulty_make
+
+    # start_scheduler looks runner_factory up when it runs, so the server's scheduler gets this one
+    dserve.loader.runner_factory = _faulty_runner_factory
 
     if _kind == "load_sleeps":
         _load = GenerationService.load
