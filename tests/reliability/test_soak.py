@@ -211,6 +211,7 @@ def _request_counts(url: str) -> dict[tuple[str, str, str], float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(SECONDS) + 900)  # the run itself, start-up, quiet points and the checks
 def test_soak_two_workers_with_faults():
     srv = ServerProcess(
         *MODEL_ARGS,
