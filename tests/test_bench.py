@@ -334,3 +334,17 @@ def test_plot_without_matplotlib_names_the_package(server, tmp_path, capsys):
     else:
         assert bench.main(args) == 0
         assert plot.stat().st_size > 0
+
+
+def test_bench_sends_the_first_key_of_a_dserve_api_key_list(monkeypatch):
+    """DSERVE_API_KEY may list several keys (k1,k2 or JSON); the server accepts each, so bench
+    sends one of them, not the whole text."""
+    import argparse
+
+    from dserve_ops.bench import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for value in ("k1,k2", '["k1", "k2"]', "k1"):
+        monkeypatch.setenv("DSERVE_API_KEY", value)
+        assert config_from_args(parser.parse_args(["--url", "http://127.0.0.1:1"])).api_key == "k1"

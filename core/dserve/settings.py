@@ -40,6 +40,12 @@ def _split_list(value: Any) -> Any:
     return items
 
 
+def api_keys_from_text(text: str | None) -> list[str]:
+    """The keys a `DSERVE_API_KEY` value names (one key, k1,k2 or a JSON list), as the server
+    reads it: clients on the same machine (dserve bench) send the first."""
+    return [str(k) for k in _split_list(text)] if text else []
+
+
 class ServerSettings(BaseSettings):
     """The settings that are not decoding fields (those come from dserve.fields)."""
 

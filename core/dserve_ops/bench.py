@@ -486,12 +486,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    from dserve.settings import api_keys_from_text  # the server's reading of DSERVE_API_KEY
+
     concurrency = args.concurrency if args.concurrency or args.request_rate is not None else 8
+    server_keys = api_keys_from_text(os.environ.get("DSERVE_API_KEY"))
     return BenchConfig(
         url=args.url,
         model=args.model,
         endpoint=args.endpoint,
-        api_key=args.api_key or os.environ.get("DSERVE_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+        api_key=args.api_key or (server_keys[0] if server_keys else None) or os.environ.get("OPENAI_API_KEY"),
         num_requests=args.num_requests,
         concurrency=concurrency,
         request_rate=args.request_rate,
