@@ -270,7 +270,9 @@ class RelayResponse(Response):
                     err = error_body(
                         f"worker {self.worker.index} failed mid-stream ({type(exc).__name__})", "api_error", None, "worker_failed"
                     )
-                await send({"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(), "more_body": True})
+                # then [DONE], as a worker ends its own error-ended streams: clients stop reading there
+                body = f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return  # the client went away while we wrote
