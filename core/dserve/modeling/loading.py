@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -117,17 +117,20 @@ def randomize(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> nn.Modul
     return model.eval().requires_grad_(False)
 
 
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
 def load_native(
     path: str | os.PathLike,
     *,
     config_from_dict: Callable[[dict], Any],
-    build: Callable[[Any], nn.Module],
-    random: Callable[..., nn.Module],
-    on_device: Callable[[nn.Module, Any, Any], None] | None = None,
+    build: Callable[[Any], ModelT],
+    random: Callable[..., ModelT],
+    on_device: Callable[[ModelT, Any, Any], None] | None = None,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device = "cpu",
     load_format: str = "auto",
-) -> tuple[nn.Module, Path]:
+) -> tuple[ModelT, Path]:
     """What every model plugin's loader does: read config.json, then either random weights in
     its shape (`load_format="dummy"`: `random(cfg, dtype=, device=)`) or `build(cfg)` on the meta
     device with the checkpoint's tensors assigned by parameter name. `on_device(model, cfg,

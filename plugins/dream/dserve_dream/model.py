@@ -177,7 +177,6 @@ def load_dream(
         device=device,
         load_format=load_format,
     )
-    assert isinstance(model, DreamModel)  # built by DreamModel / random_dream (load_native returns nn.Module)
     model.tokenizer = load_dream_tokenizer(path)
     _add_end_of_turn(model)
     return model

@@ -163,7 +163,6 @@ def load_llada(
         device=device,
         load_format=load_format,
     )
-    assert isinstance(model, LLaDAModel)  # built by LLaDAModel / random_llada (load_native returns nn.Module)
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model

@@ -193,7 +193,6 @@ def load_nemotron(
         device=device,
         load_format=load_format,
     )
-    assert isinstance(model, NemotronDiffusionModel)  # built by this class / random_nemotron (load_native returns nn.Module)
     if has_tokenizer(path):
         model.tokenizer = load_tokenizer(path)
     return model
