@@ -31,7 +31,7 @@ else
   "$PYTHON" -m pip install --progress-bar on --index-url "$index" "torch==$TORCH_VERSION"
 fi
 
-packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron)
+packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron -e plugins/llada2)
 if [ "${1:-}" = "--test" ]; then
   echo "install.sh: dserve, its plugins and the test tools (pinned by constraints/test.txt)"
   "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test]" "${packages[@]}"

@@ -312,6 +312,18 @@ ARCHS["nemotron"] = Arch(
     loss=arch_nemotron.loss,
 )
 
+import arch_llada2  # noqa: E402  (LLaDA2 MoE, absolute block diffusion; training/arch_llada2.py)
+
+ARCHS["llada2"] = Arch(
+    arch_llada2.config,
+    arch_llada2.build,
+    arch_llada2.runner,
+    arch_llada2.eval_params,
+    chat=arch_llada2.chat_format(ChatFormat),
+    load=arch_llada2.load,
+    loss=arch_llada2.loss,
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Data

@@ -13,6 +13,9 @@ Attention patterns, per row:
   `keys=len(canvas)` (Fast-dLLM's and dInfer's prefix and dual caches).
 - causal: each query sees the keys up to its own position (autoregressive decoding, a
   causal prefill, a verify pass).
+- block-causal (`block=b`): a query sees the keys of its own block and every earlier one,
+  blocks being the absolute positions [j*b, (j+1)*b), never past the key limit (LLaDA2's
+  prefill of whole prompt blocks, a finished block re-encoded with the next one).
 Without a cache the keys are the inputs themselves; with one they are the cache row's slots,
 and the inputs' K/V are written at their positions first.
 
@@ -47,6 +50,7 @@ class Row:
     keys: int | None = None  # bidirectional: keys at positions [0, keys); None = up to the input's end
     cache_row: int | None = None  # the pool's cache row this row reads and writes (None: no cache)
     logits: tuple[int, int] | None = None  # input offsets [a, b) whose logits are wanted; None = all
+    block: int | None = None  # block-causal over absolute blocks of this size (with causal=False)
 
     @property
     def width(self) -> int:
@@ -105,7 +109,7 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
     widths = [r.width for r in ordered]
     T = max(widths)
     ragged = any(w != T for w in widths)
-    any_causal = any(r.causal for r in ordered)
+    any_causal = any(r.causal or r.block for r in ordered)
     wanted = [r.wanted for r in ordered]
     subset = any(w != (0, r.width) for w, r in zip(wanted, ordered))
     n_out = max(b - a for a, b in wanted)
@@ -119,8 +123,9 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
         [int(r.causal) for r in ordered],
         [a for a, _ in wanted],
         [b for _, b in wanted],
+        [r.block or 0 for r in ordered],
     )
-    starts, lengths, reach, key_limit, causal, want_a, want_b = per_row
+    starts, lengths, reach, key_limit, causal, want_a, want_b, block = per_row
     column = torch.arange(T, device=device)
     inside = column[None, :] < lengths[:, None]
     positions = torch.where(inside, starts[:, None] + column[None, :], reach[:, None] + column[None, :] - lengths[:, None])
@@ -147,13 +152,13 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
         assert pool is not None  # checked above
         cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
         key_positions = torch.arange(cache.capacity, device=device)
-        mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal)
+        mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal, block)
         cache_rows = [cached_rows[i] for i in order]
         consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + B))
         use = slice(cache_rows[0], cache_rows[0] + B) if consecutive else _upload(device, cache_rows)[0]
         cache.use_rows(use)
     elif ragged or any_causal or any(r.key_limit < r.end for r in ordered):
-        mask = _mask(positions, positions, key_limit, causal, inside, any_causal)
+        mask = _mask(positions, positions, key_limit, causal, inside, any_causal, block)
     else:
         mask = None  # every row sees all of its own inputs
 
@@ -177,14 +182,19 @@ def _mask(
     causal: torch.Tensor,
     inside: torch.Tensor,
     per_query: bool,
+    block: torch.Tensor,
 ) -> torch.Tensor:
     """Boolean attention mask, True = attend. key_positions: [B or 1, Lk]. A key mask [B, Lk]
-    when no row is causal, else per query [B, T, Lk] (causal queries and causal rows' pads see
-    keys up to their own position)."""
+    when no row is causal or block-causal, else per query [B, T, Lk] (causal queries and pads of
+    causal or block-causal rows see keys up to their own position; a block-causal query up to
+    its block's end or the key limit, whichever comes first)."""
     if not per_query:
         return key_positions < key_limit[:, None]
-    bidirectional = inside & (causal[:, None] == 0)
+    bidirectional = inside & (causal[:, None] == 0) & (block[:, None] == 0)
     limit = torch.where(bidirectional, (key_limit - 1)[:, None], positions)
+    blocked = inside & (block[:, None] > 0)
+    block_end = (positions // block.clamp(min=1)[:, None] + 1) * block[:, None]
+    limit = torch.where(blocked, torch.minimum(block_end, key_limit[:, None]) - 1, limit)
     return key_positions[:, None, :] <= limit[:, :, None]
 
 

@@ -1,0 +1,43 @@
+"""dserve-llada2's registrations: the LLaDA2 MoE model family and the `llada2` engine."""
+
+from __future__ import annotations
+
+from dserve.hookspecs import hookimpl
+from dserve.registry import BLOCK_CAUSAL, KV_CACHE, AlgorithmSpec, EngineSpec, ModelSpec
+
+
+@hookimpl
+def register_models(register):
+    register(
+        ModelSpec(
+            name="llada2",
+            architectures=("LLaDA2MoeModelLM",),
+            loader="dserve_llada2.model:load_llada2",
+            default_engine="llada2",
+            default_algorithm="llada2",
+            description="inclusionAI LLaDA2.0-mini / LLaDA2.0-flash (Mixture-of-Experts, block-causal "
+            "diffusion; published Hugging Face layout, no remote code)",
+        )
+    )
+
+
+@hookimpl
+def register_engines(register):
+    register(
+        EngineSpec(
+            name="llada2",
+            default_algorithm="llada2",
+            algorithms=(
+                AlgorithmSpec(
+                    name="llada2",
+                    runner="dserve_llada2.block_diffusion:LLaDA2BlockDiffusionRunner",
+                    params="dserve_llada2.params:LLaDA2Params",
+                    requires=frozenset({BLOCK_CAUSAL, KV_CACHE}),
+                    description="the published LLaDA2 generate: absolute blocks over a block-causal KV cache, "
+                    "threshold / low-confidence commits with a per-block step schedule, EOS stop after a block "
+                    "(or at once with eos_early_stop)",
+                ),
+            ),
+            description="LLaDA2's own decoding loop (LLaDA2MoeModelLM.generate of the published modeling code)",
+        )
+    )
