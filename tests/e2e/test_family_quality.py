@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from dserve_dream import TINY_MODEL_DIR as DREAM_DIR
+from dserve_llada2 import TINY_MODEL_DIR as LLADA2_DIR
 from dserve_nemotron import TINY_MODEL_DIR as NEMOTRON_DIR
 from dserve_ops.evaluation import generate_examples
 from dserve_ops.evaluation.harness import evaluate
@@ -16,9 +17,11 @@ from e2e.server import ServerProcess
 SAMPLE = 40
 
 
-@pytest.fixture(scope="module", params=["dream", "nemotron"])
+@pytest.fixture(scope="module", params=["dream", "nemotron", "llada2"])
 def family_server(request):
-    path = {"dream": DREAM_DIR, "nemotron": NEMOTRON_DIR}[request.param]
+    path = {"dream": DREAM_DIR, "nemotron": NEMOTRON_DIR, "llada2": LLADA2_DIR}[request.param]
+    if not (path / "eval.json").exists():  # its model card: a provisional checkpoint until the GPU run
+        pytest.skip(f"{path.name} is provisional (no eval.json): trained by benchmarks/results/2026-12-07-llada2/gpu_train.sh")
     srv = ServerProcess("--model", str(path), "--max-batch-size", "16")
     yield request.param, srv
     srv.stop()
@@ -27,7 +30,9 @@ def family_server(request):
 def test_default_engine_keeps_quality(family_server):
     family, server = family_server
     stats = httpx.get(server.url + "/v1/engine/stats").json()
-    expected = {"dream": ("dream", "entropy"), "nemotron": ("nemotron", "block_diffusion")}[family]
+    expected = {"dream": ("dream", "entropy"), "nemotron": ("nemotron", "block_diffusion"), "llada2": ("llada2", "llada2")}[
+        family
+    ]
     assert (stats["family"], stats["default_engine"], stats["default_algorithm"]) == (family, *expected)
     examples = generate_examples(SAMPLE, seed=2026, split="heldout")
     model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
