@@ -32,7 +32,7 @@ from dserve.batch import Row
 from dserve.engine import CachedRunner, StepResult
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
-from dserve_llada2.params import LLaDA2Params
+from dserve_llada2.params import LLaDA2EditingParams, LLaDA2Params
 from dserve_llada2.rules import commit_rule, sample_tokens, transfer_schedule
 
 
@@ -48,8 +48,10 @@ class _State:
     schedule: list[int]
     cache_row: int | None
     block: int  # the block being denoised (absolute index)
+    editing: bool = False  # LLaDA2.1's loop (token editing)
     fresh_from: int = 0  # first position whose K/V are not yet final in the cache
     step_in_block: int = 0
+    post_steps: int = 0  # editing: steps begun with no mask left in the block
 
     @property
     def block_range(self) -> tuple[int, int]:
@@ -66,13 +68,16 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
         self.stop_ids = frozenset(model.info.stop_ids)
 
     def init_state(self, seq: Sequence) -> _State:
-        p = cast(LLaDA2Params, seq.params)  # llada2 sequences carry LLaDA2Params
+        p = seq.params
+        editing = isinstance(p, LLaDA2EditingParams)
+        if not editing and not isinstance(p, LLaDA2Params):
+            raise TypeError(f"the llada2 runner takes LLaDA2Params or LLaDA2EditingParams, not {type(p).__name__}")
         b = p.block_length
         num_blocks = -(-(seq.prompt_len + seq.gen_length) // b)
         device = self.model.device
         canvas = torch.full((num_blocks * b,), self.model.info.mask_id, dtype=torch.long, device=device)
         canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
-        steps = p.block_steps(seq.gen_length)
+        steps = 0 if editing else cast(LLaDA2Params, p).block_steps(seq.gen_length)
         return _State(
             canvas=canvas,
             generator=make_generator(seq.seed, device),
@@ -81,9 +86,10 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
             block_length=b,
             num_blocks=num_blocks,
             steps=steps,
-            schedule=transfer_schedule(b, steps),
+            schedule=transfer_schedule(b, steps) if steps else [],
             cache_row=self.take_cache_row(len(canvas)),
             block=seq.prompt_len // b,
+            editing=editing,
         )
 
     def _row(self, st: _State) -> Row:
@@ -101,7 +107,7 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
         for group, graphable in ((first, False), (rest, True)):
             out = self.forward([self._row(s.engine_state) for s in group], graphable=graphable)
             logits.update({s.seq_id: row_logits for s, row_logits in zip(group, out)})
-        return [self._denoise(seq, logits[seq.seq_id]) for seq in seqs]
+        return [(self._edit if s.engine_state.editing else self._denoise)(s, logits[s.seq_id]) for s in seqs]
 
     def _is_stop(self, seq: Sequence, token: int) -> bool:
         return not seq.ignore_eos and token in self.stop_ids
@@ -149,4 +155,42 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
         finished = holds_eos or st.block + 1 >= st.num_blocks or e >= P + G
         st.block += 1
         st.step_in_block = 0
+        return StepResult(seq, committed, finished=finished, nfe=1)
+
+    def _edit(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
+        """One step of LLaDA2.1's loop (mask -> token and token -> token) for the current block;
+        the block's tokens are committed when it ends (they may change until then)."""
+        st: _State = seq.engine_state
+        p = cast(LLaDA2EditingParams, seq.params)  # editing sequences carry LLaDA2EditingParams
+        mask_id = self.model.info.mask_id
+        s, e = st.block_range
+        st.fresh_from = s
+        block = st.canvas[s:e]
+        masked = block == mask_id
+        x0, confidence = sample_tokens(
+            block_logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=st.generator
+        )
+        had_masks = bool(masked.any())  # one host sync per sequence and step
+        fill = commit_rule(confidence, masked, quota=p.num_to_transfer, threshold=p.threshold) if had_masks else masked
+        in_prompt = torch.arange(s, e, device=block.device) < st.prompt_len
+        edits = ~masked & ~in_prompt & (confidence > p.editing_threshold) & (x0 != block)
+        st.canvas[s:e] = torch.where(fill | edits, x0, block)
+        st.step_in_block += 1
+
+        tokens = st.canvas[s:e].tolist()
+        done = not had_masks and not bool(edits.any())
+        if not done and mask_id not in tokens:
+            st.post_steps += 1  # the next step would begin with no mask: an editing step
+            done = st.post_steps > p.max_post_steps
+        if not done:
+            return StepResult(seq, [], finished=False, nfe=1)
+
+        P, G = st.prompt_len, st.gen_length
+        committed = [(s + j - P, t) for j, t in enumerate(tokens) if P <= s + j < P + G]
+        # the published loop runs every block (or, with eos_early_stop, stops here); blocks after
+        # one holding EOS cannot change the answer cut at it, so dserve stops here in both cases
+        holds_eos = any(self._is_stop(seq, t) for t in st.canvas[P:e].tolist())
+        finished = holds_eos or st.block + 1 >= st.num_blocks or e >= P + G
+        st.block += 1
+        st.step_in_block = st.post_steps = 0
         return StepResult(seq, committed, finished=finished, nfe=1)

@@ -37,7 +37,16 @@ def register_engines(register):
                     "threshold / low-confidence commits with a per-block step schedule, EOS stop after a block "
                     "(or at once with eos_early_stop)",
                 ),
+                AlgorithmSpec(
+                    name="llada2_editing",
+                    runner="dserve_llada2.block_diffusion:LLaDA2BlockDiffusionRunner",
+                    params="dserve_llada2.params:LLaDA2EditingParams",
+                    requires=frozenset({BLOCK_CAUSAL, KV_CACHE}),
+                    description="LLaDA2.1's generate: the same blocks and cache, plus token editing (decoded "
+                    "positions rewritten above editing_threshold, up to max_post_steps after the last mask); "
+                    "a block streams when it ends",
+                ),
             ),
-            description="LLaDA2's own decoding loop (LLaDA2MoeModelLM.generate of the published modeling code)",
+            description="LLaDA2's own decoding loops (LLaDA2MoeModelLM.generate of the published LLaDA2.0 and 2.1 code) (LLaDA2MoeModelLM.generate of the published modeling code)",
         )
     )
