@@ -52,9 +52,9 @@ def test_family_default_engine_and_the_algorithms_it_cannot_run(server):
 
 
 def test_mixed_concurrent_requests_equal_their_solo_runs_and_streams(server):
-    """Different prompts, max_tokens, block lengths, thresholds and steps, sent at once (they
-    share the running batch, joining at different steps): each answer equals the same request
-    sent alone, and its stream concatenates to it."""
+    """Different prompts, max_tokens, block lengths, thresholds and steps, and one LLaDA2.1
+    editing request, sent at once (they share the running batches, joining at different steps):
+    each answer equals the same request sent alone, and its stream concatenates to it."""
     client = _client(server)
     model_id = client.models.list().data[0].id
     requests = [
@@ -62,6 +62,11 @@ def test_mixed_concurrent_requests_equal_their_solo_runs_and_streams(server):
         ("Sort these numbers: 5 2 9 1", 24, {"block_length": 8, "steps": 4, "threshold": 0.5}),
         ("What is 37 plus 5?", 33, {"block_length": 16, "threshold": 1.0, "steps": 4}),
         ("Swap the two words: red car", 48, {"steps": 8, "eos_early_stop": True}),
+        (
+            "Convert to uppercase: sun",
+            30,
+            {"generation_algorithm": "llada2_editing", "editing_threshold": 0.5, "max_post_steps": 2},
+        ),
     ]
 
     def whole(req):

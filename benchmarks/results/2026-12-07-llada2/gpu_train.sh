@@ -17,10 +17,10 @@ echo "train rc=$?" >> $OUT/train.txt
 tail -4 $OUT/train.txt
 # 2. held-out quality through a server: all 700 examples, the family's default algorithm
 #    (llada2/llada2: threshold 0.95, 32 steps per block), temperature 0
-dserve --model $CKPT --device cuda --port 8140 --max-batch-size 64 > $OUT/server.txt 2>&1 &
+python3 -m dserve --model $CKPT --device cuda --port 8140 --max-batch-size 64 > $OUT/server.txt 2>&1 &
 SERVER=$!
-for _ in $(seq 60); do curl -sf http://127.0.0.1:8140/health/ready > /dev/null && break; sleep 2; done
-timeout 150 dserve eval --url http://127.0.0.1:8140 --num-samples 700 --concurrency 64 --max-tokens 64 \
+for _ in $(seq 60); do python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8140/health/ready', timeout=2)" 2>/dev/null && break; sleep 2; done
+timeout 150 python3 -m dserve eval --url http://127.0.0.1:8140 --num-samples 700 --concurrency 64 --max-tokens 64 \
   --algorithm llada2/llada2 --repeat-check 5 --output $OUT/server_eval.json > $OUT/server_eval.txt 2>&1
 echo "eval rc=$?" >> $OUT/server_eval.txt
 kill $SERVER; wait $SERVER 2>/dev/null
