@@ -176,8 +176,20 @@ def _rotary_on(model: nn.Module, cfg: LLaDA2Config, device) -> None:
 
 def random_llada2(cfg: LLaDA2Config, *, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> LLaDA2DiffusionModel:
     """A model with random weights in a real shape (benchmarks, `--load-format dummy`)."""
-    with torch.device(device):
+    # built on the meta device and allocated once in `dtype`: LLaDA2.0-mini in float32 first
+    # (65 GB) would not leave room on an 80 GB GPU for the cast
+    with torch.device("meta"):
         model = LLaDA2DiffusionModel(cfg).to(dtype)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)  # randomize() leaves norm gains alone: they must start at 1
+            elif name.endswith(".bias"):
+                p.zero_()
+        for name, b in model.named_buffers():
+            if name.endswith("expert_bias"):
+                b.zero_()
     _rotary_on(model, cfg, device)
     randomize(model, seed=seed)
     model.fuse_projections()

@@ -79,7 +79,9 @@ def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, t
     offsets [E] int32: the end of each expert's rows in that order)."""
     flat = ids.reshape(-1)
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=num_experts)
+    # index_add, not bincount: bincount sizes its output from the data (a host sync, which
+    # would also break CUDA-graph capture)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=ids.device).index_add_(0, flat, torch.ones_like(flat))
     return order, torch.cumsum(counts, 0).to(torch.int32)
 
 
