@@ -8,9 +8,9 @@ set -u
 export PYTHONUNBUFFERED=1
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1
 nvidia-smi -L > $OUT/device.txt; python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)" >> $OUT/device.txt
-timeout 90 python3 -m pytest -m gpu tests/gpu/test_llada2_gpu.py -q -p no:cacheprovider > $OUT/tests.txt 2>&1; echo "rc=$?" >> $OUT/tests.txt
+timeout 120 python3 -m pytest -m gpu tests/gpu/test_llada2_gpu.py -q -p no:cacheprovider > $OUT/tests.txt 2>&1; echo "rc=$?" >> $OUT/tests.txt
 tail -3 $OUT/tests.txt
 PUB=""; [ -f .dev/pub/llada2/modeling_llada2_moe.py ] && PUB="--published-dir .dev/pub"
-timeout 330 python3 benchmarks/bench_llada2.py --shape llada2-mini --batch 1 32 --tokens-per-step 1 4 \
+timeout 280 python3 benchmarks/bench_llada2.py --shape llada2-mini --batch 1 32 --tokens-per-step 1 4 \
   $PUB --published-sample 2 --json $OUT/bench.json > $OUT/bench.txt 2>&1; echo "rc=$?" >> $OUT/bench.txt
 tail -8 $OUT/bench.txt
