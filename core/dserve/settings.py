@@ -107,6 +107,9 @@ class ServerSettings(BaseSettings):
         None, description="accepted bearer key(s): one key, k1,k2 or a JSON list; the flag can repeat"
     )
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
+    strict_fields: bool = Field(
+        False, description="refuse (400) request fields the server does not know, instead of ignoring and reporting them"
+    )
     max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1, description="largest request body in bytes")
     body_read_timeout: float = Field(60.0, gt=0.0, description="seconds a request body may take to arrive before 408")
     cors_origins: list[str] | None = Field(None, description="allowed CORS origin (the flag --cors-origin repeats)")
