@@ -24,6 +24,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model")
+    g.add_argument("--revision")
+    g.add_argument("--download-dir")
     g.add_argument("--tokenizer")
     g.add_argument("--served-model-name")
     g.add_argument("--dtype")

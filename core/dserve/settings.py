@@ -53,8 +53,12 @@ class ServerSettings(BaseSettings):
 
     # model
     model: str | None = Field(
-        None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model"
+        None,
+        description="checkpoint directory or Hugging Face repo id (downloaded, or read from the cache); "
+        "default: the embedded tiny model",
     )
+    revision: str | None = Field(None, description="--model's Hub revision: branch, tag or commit (default: main)")
+    download_dir: str | None = Field(None, description="Hugging Face cache directory for --model (default: HF_HUB_CACHE)")
     tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
     served_model_name: str | None = Field(None, description="model id clients use (default: derived from --model)")
     dtype: str = Field(
