@@ -204,3 +204,15 @@ def test_return_token_ids_streamed(server, model_id):
     text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
     assert prompt_ids == [_post(server, "/tokenize", {"messages": CHAT}).json()["tokens"]]
     assert _post(server, "/detokenize", {"tokens": out_ids}).json()["prompt"] == text == "tenalp"
+
+
+def test_docs_work_offline(server):
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: everything from this server
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "text/css")):
+        assert f'"docs/{asset}"' in page.text
+        r = httpx.get(f"{server.url}/docs/{asset}")
+        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > 10_000
+    assert httpx.get(server.url + "/docs/../../etc/passwd").status_code == 404
+    assert httpx.get(server.url + "/docs/index.html").status_code == 404

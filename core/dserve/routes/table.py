@@ -123,6 +123,14 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
             media_type="text/html",
             errors=KEYED,
         ),
+        ApiRoute(
+            "/docs/{asset}",
+            docs.docs_asset,
+            summary="Swagger UI's script and stylesheet (served locally: /docs needs no network)",
+            response={"type": "string"},
+            media_type="text/plain",
+            errors=("401", "404", "429"),
+        ),
     ]
     if metrics:
         routes.append(
