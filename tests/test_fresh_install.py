@@ -35,6 +35,7 @@ EXTRAS = {
     "quant": CORE_IMPORTS + "; import torchao.quantization",
     "ray": CORE_IMPORTS + "; import ray.serve, dserve_ops.ray_serve",
     "test": CORE_IMPORTS + "; import pytest, pytest_timeout, openai, yaml, schemathesis, torchao",
+    "clients": CORE_IMPORTS + "; import lm_eval, lm_eval.models.openai_completions, litellm",
 }
 
 
