@@ -14,6 +14,7 @@ from e2e.conftest import MODEL_ARGS
 from e2e.server import ServerProcess
 
 CHAT = [{"role": "user", "content": "Reverse the word: planet"}]
+FAST = {"generation_algorithm": "dual_cache", "threshold": 0.9}  # a few forwards a request, not 32: a quick suite
 
 
 def _post(server, path: str, body: dict, **headers) -> httpx.Response:
@@ -36,18 +37,18 @@ def test_unknown_fields_are_ignored_reported_in_a_header_and_logged_once(server,
         "my_unknown_field_x": 1,
     }
     raw = client.chat.completions.with_raw_response.create(
-        model=model_id, messages=CHAT, max_tokens=8, extra_body=defaults_clients_send
+        model=model_id, messages=CHAT, max_tokens=8, extra_body={**defaults_clients_send, **FAST}
     )
     reply = raw.parse()
     assert reply.choices[0].message.content == "tenalp"
     ignored = [f.strip() for f in raw.headers["x-ignored-fields"].split(",")]
     # honoured as sent (empty tools, text format, no bias, no forced tool): not reported
     assert ignored == ["chat_template_kwargs", "metadata", "my_unknown_field_x", "parallel_tool_calls", "store"]
-    again = _post(server, "/v1/completions", {"model": model_id, "prompt": "x", "max_tokens": 2, "my_unknown_field_x": 2})
+    again = _post(server, "/v1/completions", {"model": model_id, "prompt": "x", "max_tokens": 2, "my_unknown_field_x": 2, **FAST})
     assert again.status_code == 200 and again.headers["x-ignored-fields"] == "my_unknown_field_x"
     logged = [line for line in server.logs().splitlines() if "request field ignored" in line and "my_unknown_field_x" in line]
     assert len(logged) == 1
-    plain = _post(server, "/v1/completions", {"model": model_id, "prompt": "x", "max_tokens": 2})
+    plain = _post(server, "/v1/completions", {"model": model_id, "prompt": "x", "max_tokens": 2, **FAST})
     assert "x-ignored-fields" not in plain.headers
 
 
@@ -75,7 +76,7 @@ def test_fields_the_server_cannot_honour_are_refused_by_name(client, model_id, f
 
 def test_neutral_token_filters_pass_and_dream_gets_top_k(server, client, model_id):
     reply = client.chat.completions.create(
-        model=model_id, messages=CHAT, max_tokens=8, extra_body={"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+        model=model_id, messages=CHAT, max_tokens=8, extra_body={"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, **FAST}
     )
     assert reply.choices[0].message.content == "tenalp"
     # the message names the algorithms that have top_k
@@ -95,7 +96,7 @@ def test_strict_fields_restores_the_400(strict_server):
     r = _post(strict_server, "/v1/chat/completions", {"model": model_id, "messages": CHAT, "max_tokens": 4, "store": False})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "store" and r.json()["error"]["code"] == "unknown_field"
-    ok = _post(strict_server, "/v1/chat/completions", {"model": model_id, "messages": CHAT, "max_tokens": 4, "tools": []})
+    ok = _post(strict_server, "/v1/chat/completions", {"model": model_id, "messages": CHAT, "max_tokens": 4, "tools": [], **FAST})
     assert ok.status_code == 200
 
 
@@ -123,12 +124,12 @@ def test_models_retrieve(client, model_id):
 
 def test_tokenize_counts_what_usage_counts_and_detokenize_inverts_it(server, client, model_id):
     tok = _post(server, "/tokenize", {"model": model_id, "messages": CHAT}).json()
-    reply = client.chat.completions.create(model=model_id, messages=CHAT, max_tokens=8)
+    reply = client.chat.completions.create(model=model_id, messages=CHAT, max_tokens=8, extra_body=FAST)
     assert tok["count"] == len(tok["tokens"]) == reply.usage.prompt_tokens
     assert tok["max_model_len"] > 0 and tok["token_strs"] is None
     prompt = _post(server, "/tokenize", {"prompt": "Reverse the word: planet", "return_token_strs": True}).json()
     assert len(prompt["token_strs"]) == prompt["count"]
-    cmpl = client.completions.create(model=model_id, prompt="Reverse the word: planet", max_tokens=2)
+    cmpl = client.completions.create(model=model_id, prompt="Reverse the word: planet", max_tokens=2, extra_body=FAST)
     assert prompt["count"] == cmpl.usage.prompt_tokens
     back = _post(server, "/detokenize", {"model": model_id, "tokens": prompt["tokens"]}).json()
     assert back == {"prompt": "Reverse the word: planet"}
@@ -145,13 +146,13 @@ def test_version(server):
 
 def test_response_id_carries_the_request_id(server, client, model_id):
     raw = client.chat.completions.with_raw_response.create(
-        model=model_id, messages=CHAT, max_tokens=4, extra_headers={"X-Request-Id": "my-trace-42"}
+        model=model_id, messages=CHAT, max_tokens=4, extra_headers={"X-Request-Id": "my-trace-42"}, extra_body=FAST
     )
     assert raw.headers["x-request-id"] == "my-trace-42" and raw.parse().id == "chatcmpl-my-trace-42"
-    minted = client.completions.with_raw_response.create(model=model_id, prompt="x", max_tokens=2)
+    minted = client.completions.with_raw_response.create(model=model_id, prompt="x", max_tokens=2, extra_body=FAST)
     assert minted.parse().id == "cmpl-" + minted.headers["x-request-id"]
     stream = client.chat.completions.create(
-        model=model_id, messages=CHAT, max_tokens=4, stream=True, extra_headers={"X-Request-Id": "streamed-1"}
+        model=model_id, messages=CHAT, max_tokens=4, stream=True, extra_headers={"X-Request-Id": "streamed-1"}, extra_body=FAST
     )
     assert {chunk.id for chunk in stream} == {"chatcmpl-streamed-1"}
 
@@ -168,7 +169,9 @@ def test_unknown_route_and_wrong_method_errors_are_as_documented(server):
 
 def test_return_token_ids_chat_and_completions(server, client, model_id):
     tok = _post(server, "/tokenize", {"messages": CHAT}).json()["tokens"]
-    chat = client.chat.completions.create(model=model_id, messages=CHAT, max_tokens=8, extra_body={"return_token_ids": True})
+    chat = client.chat.completions.create(
+        model=model_id, messages=CHAT, max_tokens=8, extra_body={"return_token_ids": True, **FAST}
+    )
     data = chat.model_dump()
     assert data["prompt_token_ids"] == tok
     out_ids = data["choices"][0]["token_ids"]
@@ -180,7 +183,7 @@ def test_return_token_ids_chat_and_completions(server, client, model_id):
         prompt=["Reverse the word: planet", "Sort these numbers: 3 1 2"],
         max_tokens=8,
         n=2,
-        extra_body={"return_token_ids": True},
+        extra_body={"return_token_ids": True, **FAST},
     ).model_dump()
     assert len(cmpl["choices"]) == 4
     first_prompt = _post(server, "/tokenize", {"prompt": "Reverse the word: planet"}).json()["tokens"]
@@ -188,12 +191,12 @@ def test_return_token_ids_chat_and_completions(server, client, model_id):
     assert cmpl["choices"][2]["prompt_token_ids"] != first_prompt
     for choice in cmpl["choices"]:
         assert _post(server, "/detokenize", {"tokens": choice["token_ids"]}).json()["prompt"] == choice["text"]
-    plain = client.completions.create(model=model_id, prompt="x", max_tokens=2).model_dump()
+    plain = client.completions.create(model=model_id, prompt="x", max_tokens=2, extra_body=FAST).model_dump()
     assert "token_ids" not in plain["choices"][0] or plain["choices"][0]["token_ids"] is None
 
 
 def test_return_token_ids_streamed(server, model_id):
-    body = {"model": model_id, "messages": CHAT, "max_tokens": 8, "stream": True, "return_token_ids": True}
+    body = {"model": model_id, "messages": CHAT, "max_tokens": 8, "stream": True, "return_token_ids": True, **FAST}
     chunks = []
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
         for line in r.iter_lines():
