@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from dserve.fields import CORE_FIELDS, wire_fields
+from dserve.params import nullable
 
 MAX_N = 16
 MAX_STOP = 8
@@ -81,6 +82,16 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
         return stops
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        # A declared field with no null meaning (n, stream, ignore_eos, ...): an explicit null
+        # asks for its default, as OpenAI's and vLLM's servers read it (docs/api.md, "null").
+        if isinstance(data, dict):
+            fixed = {k for k, f in cls.model_fields.items() if data.get(k, 0) is None and not nullable(f.annotation)}
+            return {k: v for k, v in data.items() if k not in fixed} if fixed else data
+        return data
 
     def algorithm_fields(self) -> dict[str, Any]:
         """The body fields that are decoding parameters (None = not given)."""

@@ -219,3 +219,20 @@ def test_docs_work_offline(server):
         assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > 10_000
     assert httpx.get(server.url + "/docs/../../etc/passwd").status_code == 404
     assert httpx.get(server.url + "/docs/index.html").status_code == 404
+
+
+def test_null_for_fields_without_a_null_meaning_is_their_default(server, model_id):
+    nulls = {
+        "n": None,
+        "stream": None,
+        "ignore_eos": None,
+        "return_token_ids": None,
+        "stop": None,
+        "seed": None,
+        "temperature": None,
+    }
+    r = _post(server, "/v1/chat/completions", {"model": model_id, "messages": CHAT, "max_tokens": 8, **nulls, **FAST})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["choices"]) == 1 and body["choices"][0]["message"]["content"] == "tenalp"
+    assert "token_ids" not in body["choices"][0]
