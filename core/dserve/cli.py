@@ -24,6 +24,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model")
+    g.add_argument("--revision")
+    g.add_argument("--download-dir")
     g.add_argument("--tokenizer")
     g.add_argument("--served-model-name")
     g.add_argument("--dtype")
@@ -59,6 +61,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("middleware")
     g.add_argument("--api-key", action="append")
     g.add_argument("--rate-limit-requests", type=int)
+    g.add_argument("--strict-fields", action="store_true", default=None)
     g.add_argument("--max-body-bytes", type=int)
     g.add_argument("--body-read-timeout", type=float)
     g.add_argument("--cors-origin", dest="cors_origins", action="append")

@@ -31,10 +31,12 @@ class LoadedModel:
 
 def load(settings: Settings, registry: Registry) -> LoadedModel:
     """The model --model (or the embedded one) names, ready to serve; raises what went wrong."""
-    from dserve.modeling.loading import resolve_checkpoint_dir
+    from dserve.hub import checkpoint_dir
     from dserve.modeling.quantization import load_dtype
 
-    path = resolve_checkpoint_dir(settings.model or default_model_dir(registry))
+    path = checkpoint_dir(
+        settings.model or default_model_dir(registry), revision=settings.revision, download_dir=settings.download_dir
+    )
     device = resolve_device(settings.device)
     if device.type == "cuda" and settings.gpu_memory_utilization < 1.0:
         import torch

@@ -7,6 +7,8 @@ request body > server defaults (CLI / DSERVE_* env) > model defaults > algorithm
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -52,21 +54,30 @@ class ParamError(ValueError):
 def resolve_params(
     params_cls: type[DecodingParams],
     *layers: Mapping[str, Any] | None,
+    request: Mapping[str, Any] | None = None,
     algorithm: str = "",
     shared: Collection[str] = CORE_PARAM_NAMES,
 ) -> DecodingParams:
-    """Merge parameter layers (lowest priority first) and validate them for one algorithm.
+    """Merge parameter layers (lowest priority first, then `request`) and validate them for
+    one algorithm.
 
-    `None` values mean "not given" and never override a lower layer. `shared` fields (the
-    declared decoding fields) the algorithm does not use are dropped; any other unknown field
-    is an error.
+    In `layers` (defaults) `None` means "not set" and never overrides a lower layer. In
+    `request` (the body's fields, as sent) an explicit `null` is a value: for a nullable
+    parameter it gives exactly what that parameter documents null to mean, whatever the
+    defaults say; for a parameter that has no null meaning it is as if not sent. `shared`
+    fields (the declared decoding fields) the algorithm does not use are dropped; any other
+    unknown field is an error.
     """
     fields = params_cls.model_fields
     merged: dict[str, Any] = {}
-    for layer in layers:
+    for layer, explicit in [*((layer, False) for layer in layers), (request, True)]:
         for key, value in (layer or {}).items():
-            if value is None:
+            if value is None and not (explicit and key in fields):
                 continue
+            if value is None:  # an explicit null for one of this algorithm's parameters
+                if nullable(fields[key].annotation):
+                    merged[key] = None
+                continue  # no null meaning: as if not sent (the defaults stand)
             if key not in fields:
                 if key in shared:
                     continue
@@ -82,6 +93,13 @@ def resolve_params(
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or None
         raise ParamError(f"invalid value for {loc!r}: {err['msg']}", param=loc) from None
+
+
+def nullable(annotation: Any) -> bool:
+    """Whether a parameter's type admits None (`X | None`, `Optional[X]`)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return type(None) in typing.get_args(annotation)
+    return annotation is type(None)
 
 
 def params_schema(params_cls: type[DecodingParams]) -> dict[str, Any]:

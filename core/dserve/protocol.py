@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from dserve.fields import CORE_FIELDS, wire_fields
+from dserve.params import nullable
 
 MAX_N = 16
 MAX_STOP = 8
@@ -56,7 +57,9 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(..., max_length=512)
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="accepted for compatibility; ignored")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="nucleus filter where the algorithm samples tokens with one (dream); elsewhere ignored"
+    )
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -64,6 +67,7 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     stream_options: StreamOptions | None = None
     user: str | None = None
     ignore_eos: bool = Field(False, description="generate all max_tokens, past EOS / end-of-turn (benchmarks; vLLM's field)")
+    return_token_ids: bool = Field(False, description="add the prompt's and each choice's token ids (vLLM's field)")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="accepted; ignored")
 
@@ -78,6 +82,16 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
         return stops
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        # A declared field with no null meaning (n, stream, ignore_eos, ...): an explicit null
+        # asks for its default, as OpenAI's and vLLM's servers read it (docs/api.md, "null").
+        if isinstance(data, dict):
+            fixed = {k for k, f in cls.model_fields.items() if data.get(k, 0) is None and not nullable(f.annotation)}
+            return {k: v for k, v in data.items() if k not in fixed} if fixed else data
+        return data
 
     def algorithm_fields(self) -> dict[str, Any]:
         """The body fields that are decoding parameters (None = not given)."""
@@ -136,9 +150,10 @@ class GenerateBatchRequest(GenerateRequest):
 
 
 def algorithm_fields(body: BaseModel) -> dict[str, Any]:
-    """A body's algorithm parameters: the declared ones, then the algorithm's own (extra
-    fields, validated by its parameter model)."""
-    fields = {f.name: getattr(body, f.name) for f in CORE_FIELDS if f.wire and f.param}
+    """A body's algorithm parameters as sent: the declared ones it sets (an explicit null
+    included: null is a value, dserve.params.resolve_params), then its extra fields (an
+    algorithm's own parameters, or fields request_fields.sort_fields ignores or refuses)."""
+    fields = {f.name: getattr(body, f.name) for f in CORE_FIELDS if f.wire and f.param and f.name in body.model_fields_set}
     fields.update(body.model_extra or {})
     return fields
 

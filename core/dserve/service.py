@@ -20,6 +20,7 @@ from dserve.fields import server_param_defaults
 from dserve.output import OutputTracker
 from dserve.params import CORE_PARAM_NAMES, ParamError, params_schema, resolve_params
 from dserve.registry import AlgorithmSpec, EngineSpec, ModelSpec, Registry
+from dserve.request_fields import SortedFields, sort_fields
 from dserve.scheduler import GenerationHandle, Scheduler
 from dserve.sequence import RequestSpec, Sequence
 from dserve.settings import Settings
@@ -221,12 +222,45 @@ class GenerationService:
                 params_cls,
                 self.model.info.default_params,
                 server,
-                fields,
+                request=fields,
                 algorithm=f"{choice.engine.name}/{choice.algorithm.name}",
             )
         except ParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         return RequestSpec(choice.engine, choice.algorithm, params)
+
+    def resolve_body(self, body: Any) -> tuple[RequestSpec, SortedFields]:
+        """A request body's RequestSpec, after the field policy (request_fields.py): its
+        unknown fields ignored (or refused with --strict-fields), unhonourable ones refused."""
+        choice = self.choose(body.engine, body.generation_algorithm)
+        own = choice.algorithm.load_params().model_fields
+        fields = body.algorithm_fields()
+        extras = {k: fields.pop(k) for k in list(body.model_extra or {}) if k in fields}
+        sorted_fields = sort_fields(
+            extras,
+            algorithm_params=own,
+            algorithm=f"{choice.engine.name}/{choice.algorithm.name}",
+            known_params=self.known_params(),
+            strict=self.settings.strict_fields,
+        )
+        fields.update(sorted_fields.params)
+        if "top_p" in own and getattr(body, "top_p", None) is not None:  # the samplers that filter with it
+            fields["top_p"] = body.top_p
+        spec = self.resolve(choice.engine.name, choice.algorithm.name, fields)
+        return spec, sorted_fields
+
+    def known_params(self) -> dict[str, list[str]]:
+        """Every parameter name some registered algorithm has, with the algorithms that have it."""
+        if not hasattr(self, "_known_params"):
+            known: dict[str, list[str]] = {}
+            for engine in self.registry.engines.values():
+                for alg in engine.algorithms:
+                    for name in alg.load_params().model_fields:
+                        known.setdefault(name, []).append(f"{engine.name}/{alg.name}")
+            for f in self.registry.decoding_fields:
+                known.setdefault(f.name, [])
+            self._known_params = known
+        return self._known_params
 
     def submit(
         self,

@@ -53,8 +53,12 @@ class ServerSettings(BaseSettings):
 
     # model
     model: str | None = Field(
-        None, description="checkpoint directory or HF repo id in the local cache; default: the embedded tiny model"
+        None,
+        description="checkpoint directory or Hugging Face repo id (downloaded, or read from the cache); "
+        "default: the embedded tiny model",
     )
+    revision: str | None = Field(None, description="--model's Hub revision: branch, tag or commit (default: main)")
+    download_dir: str | None = Field(None, description="Hugging Face cache directory for --model (default: HF_HUB_CACHE)")
     tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
     served_model_name: str | None = Field(None, description="model id clients use (default: derived from --model)")
     dtype: str = Field(
@@ -107,6 +111,9 @@ class ServerSettings(BaseSettings):
         None, description="accepted bearer key(s): one key, k1,k2 or a JSON list; the flag can repeat"
     )
     rate_limit_requests: int | None = Field(None, ge=1, description="requests per minute per client")
+    strict_fields: bool = Field(
+        False, description="refuse (400) request fields the server does not know, instead of ignoring and reporting them"
+    )
     max_body_bytes: int | None = Field(4 * 1024 * 1024, ge=1, description="largest request body in bytes")
     body_read_timeout: float = Field(60.0, gt=0.0, description="seconds a request body may take to arrive before 408")
     cors_origins: list[str] | None = Field(None, description="allowed CORS origin (the flag --cors-origin repeats)")

@@ -476,7 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report = parser.add_argument_group("report")
     report.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     report.add_argument("--output", help="also write the results as JSON to this file")
-    report.add_argument("--plot", help="write a latency plot PNG (needs matplotlib)")
+    report.add_argument("--plot", help="write a latency plot PNG (needs matplotlib: pip install 'dserve[plot]')")
     report.add_argument(
         "--no-progress",
         dest="progress",
@@ -522,7 +522,8 @@ def main(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             print(
-                "error: --plot needs the 'matplotlib' package, which is not installed (pip install matplotlib)", file=sys.stderr
+                "error: --plot needs the 'matplotlib' package, which is not installed (pip install 'dserve[plot]')",
+                file=sys.stderr,
             )
             return 2
     config = config_from_args(args)

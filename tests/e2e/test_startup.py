@@ -68,8 +68,9 @@ def _failure_line(run: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     "args, names",
     [
-        (["--model", "/nonexistent"], ["model /nonexistent", "neither a directory nor in the local Hugging Face cache"]),
-        (["--model", "no-such-org/no-such-model"], ["model no-such-org/no-such-model", "local Hugging Face cache"]),
+        (["--model", "/nonexistent"], ["model /nonexistent", "neither a directory nor a Hugging Face repo id"]),
+        # HF_HUB_OFFLINE=1 (_serve): the cache alone (downloads: tests/e2e/test_hub_download.py)
+        (["--model", "no-such-org/no-such-model"], ["model no-such-org/no-such-model", "not in the local cache"]),
         (["--engine", "nope"], ["--engine nope", "unknown engine 'nope'"]),
         (
             ["--engine", "dinfer", "--algorithm", "dual_cache"],

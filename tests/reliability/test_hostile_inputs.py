@@ -97,7 +97,15 @@ def _cases(model: str, context: int) -> list[tuple[str, str, bytes, str | None, 
         ("logprobs", chat, _raw(_chat(model, logprobs=True)), "logprobs", None),
         ("unknown engine", chat, _raw(_chat(model, engine="nope")), "engine", "unknown_engine"),
         ("unknown algorithm", chat, _raw(_chat(model, generation_algorithm="nope")), "generation_algorithm", "unknown_algorithm"),
-        ("unknown parameter", chat, _raw(_chat(model, bogus=1)), "bogus", None),
+        # an unknown field is ignored (docs/api.md, "Fields"); another algorithm's parameter is not
+        ("another algorithm's parameter", chat, _raw(_chat(model, apd_threshold=0.5)), "apd_threshold", "unsupported_field"),
+        (
+            "tools",
+            chat,
+            _raw(_chat(model, tools=[{"type": "function", "function": {"name": "f"}}])),
+            "tools",
+            "unsupported_field",
+        ),
         # 1 MB strings: refused from their length in characters, before tokenizing (the prompt
         # alone cannot fit, so the prompt is the param, as OpenAI names it)
         (

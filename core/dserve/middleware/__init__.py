@@ -48,6 +48,7 @@ METRICS_PATH = "/metrics"
 # Response headers a browser page may read on cross-origin responses.
 CORS_EXPOSE_HEADERS = [
     "x-request-id",
+    "x-ignored-fields",  # request_fields.py: the unknown fields a request sent
     "retry-after",
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",

@@ -13,6 +13,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from dserve.progress import ProgressBar
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -25,18 +27,10 @@ DTYPES = {
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local directory, or a Hugging Face repo id already in the local HF cache."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
+    """A local directory, or a Hugging Face repo id (downloaded, or found in the cache: dserve.hub)."""
+    from dserve.hub import checkpoint_dir
 
-        return Path(snapshot_download(str(name_or_path), local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available locally"
-        raise FileNotFoundError(
-            f"model {str(name_or_path)!r} is neither a directory nor in the local Hugging Face cache"
-        ) from exc
+    return checkpoint_dir(name_or_path)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -79,7 +73,8 @@ def load_weights(module: nn.Module, path: str | os.PathLike, *, dtype: torch.dty
     expected.update({n: b for n, b in module.named_buffers() if n in module.state_dict()})
     seen: set[str] = set()
     unexpected: list[str] = []
-    for file in weight_files(Path(path)):
+    files = weight_files(Path(path))
+    for file in ProgressBar(files, desc="Loading weight shards", unit="shard", total=len(files)):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
                 if name not in expected:

@@ -3,15 +3,18 @@ models, and a /docs page (Swagger UI)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from dserve import __version__
+from dserve.errors import NotFound
 from dserve.protocol import ErrorResponse
 from dserve.routes.api_route import ApiRoute
 
@@ -94,14 +97,40 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
 
+# Swagger UI's files come from the installed `swagger-ui-py` distribution (a dependency), so
+# /docs works with no network; they are served under /docs/ next to the page.
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
 _SWAGGER = """<!doctype html>
 <html><head><title>dserve API</title><meta charset="utf-8">
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"><p>Interactive docs load Swagger UI from a CDN; the spec itself is at
-<a href="/openapi.json">/openapi.json</a>.</p></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>"""
+<link rel="stylesheet" href="docs/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="docs/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"});</script></body></html>"""
+
+_NO_SWAGGER = """<!doctype html>
+<html><head><title>dserve API</title><meta charset="utf-8"></head>
+<body><p>Swagger UI is not installed (<code>pip install swagger-ui-py</code>); the API description is
+<a href="openapi.json">/openapi.json</a>.</p></body></html>"""
+
+
+def swagger_dir() -> Path | None:
+    """The installed Swagger UI files (without importing the package's web-framework glue)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    static = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return static if all((static / name).is_file() for name in SWAGGER_ASSETS) else None
 
 
 async def docs(request: Request) -> Response:
-    return HTMLResponse(_SWAGGER)
+    return HTMLResponse(_SWAGGER if swagger_dir() is not None else _NO_SWAGGER)
+
+
+async def docs_asset(request: Request) -> Response:
+    """Swagger UI's script and stylesheet, from the installed package."""
+    name = request.path_params["asset"]
+    folder = swagger_dir()
+    if name not in SWAGGER_ASSETS or folder is None:
+        raise NotFound(f"no such file: /docs/{name}", code="file_not_found")
+    return FileResponse(folder / name, media_type=SWAGGER_ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from dserve.errors import APIError, BadRequest, NotFound
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
 from dserve.protocol import GenerateBatchRequest, GenerateRequest
+from dserve.request_fields import ignored_header
 from dserve.routes._common import parse_body
 from dserve.routes._tokenize import check_prompt_chars, tokenize
 from dserve.service import collect_text
@@ -100,7 +101,7 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
     loop = asyncio.get_running_loop()
     store = _store(request)
     # engine, algorithm and parameters resolved once for all the prompts
-    spec = service.resolve(body.engine, body.generation_algorithm, body.algorithm_fields())
+    spec, sorted_fields = service.resolve_body(body)
     if len(prompts) > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
         raise BadRequest(
             f"{len(prompts)} prompts; this server queues at most {service.scheduler.max_queue_size} (--max-queue-size)",
@@ -141,7 +142,7 @@ async def _submit(request: Request, body: GenerateRequest, prompts: list[str]) -
         job = store.new(owner)
         job.task = asyncio.ensure_future(_run(store, job, handle))
         ids.append(job.job_id)
-    return JSONResponse({"request_ids": ids, "status": "submitted"})
+    return JSONResponse({"request_ids": ids, "status": "submitted"}, headers=ignored_header(sorted_fields))
 
 
 async def _run(store: JobStore, job: Job, handle) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from dserve.errors import APIError, BadRequest
+from dserve.errors import APIError, BadRequest, NotFound
 from dserve.middleware.metrics import STREAM_ERROR_STATUS
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
 from dserve.protocol import ChatCompletionRequest, CompletionRequest
+from dserve.request_fields import ignored_header
 from dserve.routes._common import parse_body, run_unless_disconnected, set_log_fields
 from dserve.routes._tokenize import check_prompt_chars, tokenize
 from dserve.scheduler import GenerationHandle
@@ -26,21 +27,32 @@ def _service(request: Request) -> GenerationService:
     return request.app.state.dserve
 
 
+def _model_card(service: GenerationService) -> dict[str, Any]:
+    return {
+        "id": service.model_id,
+        "object": "model",
+        "created": service.created,
+        "owned_by": "dserve",
+        "root": service.model_id,
+        "parent": None,
+        "max_model_len": service.model.info.max_length,
+        "family": service.model.info.family,
+    }
+
+
 async def list_models(request: Request) -> Response:
     service = _service(request)
-    data = []
-    if service.model is not None:
-        data.append(
-            {
-                "id": service.model_id,
-                "object": "model",
-                "created": service.created,
-                "owned_by": "dserve",
-                "max_model_len": service.model.info.max_length,
-                "family": service.model.info.family,
-            }
-        )
+    data = [_model_card(service)] if service.model is not None else []
     return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """One model (`client.models.retrieve`); ids may hold slashes (`org/name`)."""
+    service = _service(request)
+    name = request.path_params["model_id"]
+    if service.model is None or name != service.model_id:
+        raise NotFound(f"The model {name!r} does not exist", param="model", code="model_not_found")
+    return JSONResponse(_model_card(service))
 
 
 async def chat_completions(request: Request) -> Response:
@@ -95,7 +107,7 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
             code="too_many_generations",
         )
     handles: list[GenerationHandle] = []
-    spec = service.resolve(body.engine, body.generation_algorithm, body.algorithm_fields())  # once per request
+    spec, sorted_fields = service.resolve_body(body)  # once per request
     try:
         for prompt_ids in prompts:
             hs = service.submit(
@@ -114,7 +126,7 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
             service.scheduler.cancel(h)
         raise
     meta = {
-        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        "id": ("chatcmpl-" if chat else "cmpl-") + response_id(request),
         "created": int(time.time()),
         "model": service.model_id,
     }
@@ -133,8 +145,9 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
     prompt_tokens = sum(len(p) for p in prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _stream(request, service, handles, meta, chat, include_usage, prompt_tokens)
-        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        stream = _stream(request, service, handles, meta, chat, include_usage, prompt_tokens, body.return_token_ids)
+        headers = {"Cache-Control": "no-cache", **ignored_header(sorted_fields)}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     try:
         texts = await run_unless_disconnected(request, asyncio.gather(*(collect_text(h) for h in handles)))
     finally:
@@ -156,8 +169,28 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
             )
         else:
             choices.append({"index": i, "text": text, "finish_reason": h.tracker.finish_reason, "logprobs": None})
+        if body.return_token_ids:
+            choices[-1].update(token_ids_fields(h, chat))
     obj = "chat.completion" if chat else "text_completion"
-    return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage})
+    out = {**meta, "object": obj, "choices": choices, "usage": usage}
+    if body.return_token_ids and chat:
+        out["prompt_token_ids"] = prompts[0]
+    return JSONResponse(out, headers=ignored_header(sorted_fields))
+
+
+def response_id(request: Request) -> str:
+    """The request id (the client's X-Request-Id, or the one the server minted): the
+    response `id` carries it, as vLLM's does, so logs and responses join on one key."""
+    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
+def token_ids_fields(handle: GenerationHandle, chat: bool) -> dict[str, Any]:
+    """`return_token_ids` (vLLM's shape): a choice's output token ids; completions choices
+    also carry their prompt's (a chat response carries the one prompt's at the top level)."""
+    fields: dict[str, Any] = {"token_ids": list(handle.tracker.output_ids)}
+    if not chat:
+        fields["prompt_token_ids"] = list(handle.seq.prompt_ids)
+    return fields
 
 
 def _usage(prompt_tokens: int, handles: list[GenerationHandle]) -> dict[str, int]:
@@ -184,7 +217,7 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def _stream(request, service, handles, meta, chat, include_usage, prompt_tokens) -> AsyncIterator[str]:
+async def _stream(request, service, handles, meta, chat, include_usage, prompt_tokens, token_ids=False) -> AsyncIterator[str]:
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> dict:
@@ -215,7 +248,10 @@ async def _stream(request, service, handles, meta, chat, include_usage, prompt_t
     try:
         if chat:
             for i in range(len(handles)):
-                yield _sse(chunk(i, "", None, first=True))
+                first = chunk(i, "", None, first=True)
+                if token_ids:
+                    first["prompt_token_ids"] = list(handles[i].seq.prompt_ids)
+                yield _sse(first)
         remaining = len(handles)
         while remaining:
             index, event = await queue.get()
@@ -229,7 +265,10 @@ async def _stream(request, service, handles, meta, chat, include_usage, prompt_t
                 break
             else:
                 remaining -= 1
-                yield _sse(chunk(index, None if chat else "", handles[index].tracker.finish_reason))
+                last = chunk(index, None if chat else "", handles[index].tracker.finish_reason)
+                if token_ids:  # the whole choice's ids, once: concatenated over chunks, the list
+                    last["choices"][0].update(token_ids_fields(handles[index], chat))
+                yield _sse(last)
         if include_usage:
             usage = _usage(prompt_tokens, handles)
             yield _sse({**meta, "object": obj, "choices": [], "usage": usage})

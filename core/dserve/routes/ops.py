@@ -43,6 +43,11 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if s.ready and not problem else 503)
 
 
+async def version(request: Request) -> Response:
+    """The server's version (vLLM's `/version` shape)."""
+    return JSONResponse({"version": __version__})
+
+
 async def live(request: Request) -> Response:
     """Liveness: the process answers (a failed model load is not fixed by a restart loop)."""
     return JSONResponse({"status": "alive"})

@@ -17,12 +17,13 @@ from dserve.protocol import (
     GenerateBatchRequest,
     GenerateRequest,
 )
-from dserve.routes import docs, jobs, ops
+from dserve.routes import docs, jobs, ops, tokens
 from dserve.routes import openai as openai_routes
 from dserve.routes.api_route import ApiRoute
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 GENERATION_ERRORS = ("400", "401", "404", "408", "413", "429", "503", "504")
+TOKEN_ERRORS = ("400", "401", "404", "408", "413", "429", "503")
 KEYED = ("401", "429")  # behind --api-key and --rate-limit-requests, unlike the health probes
 
 
@@ -30,6 +31,32 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
     """The core's routes; ``metrics``: serve `/metrics` (off with --no-metrics)."""
     routes = [
         ApiRoute("/v1/models", openai_routes.list_models, summary="List the served model", response=ANY_OBJECT, errors=KEYED),
+        ApiRoute(
+            "/v1/models/{model_id:path}",
+            openai_routes.retrieve_model,
+            summary="The served model, by id",
+            response=ANY_OBJECT,
+            errors=("401", "404", "429"),
+        ),
+        ApiRoute(
+            "/tokenize",
+            tokens.tokenize_route,
+            ("POST",),
+            "Tokenize a prompt or messages (vLLM)",
+            tokens.TokenizeRequest,
+            tokens.TokenizeResponse,
+            errors=TOKEN_ERRORS,
+        ),
+        ApiRoute(
+            "/detokenize",
+            tokens.detokenize_route,
+            ("POST",),
+            "Token ids to text (vLLM)",
+            tokens.DetokenizeRequest,
+            tokens.DetokenizeResponse,
+            errors=TOKEN_ERRORS,
+        ),
+        ApiRoute("/version", ops.version, summary="Server version", response=ANY_OBJECT, errors=KEYED),
         ApiRoute(
             "/v1/chat/completions",
             openai_routes.chat_completions,
@@ -95,6 +122,14 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
             response={"type": "string"},
             media_type="text/html",
             errors=KEYED,
+        ),
+        ApiRoute(
+            "/docs/{asset}",
+            docs.docs_asset,
+            summary="Swagger UI's script and stylesheet (served locally: /docs needs no network)",
+            response={"type": "string"},
+            media_type="text/plain",
+            errors=("401", "404", "429"),
         ),
     ]
     if metrics:
