@@ -1,0 +1,137 @@
+"""The scoring runners against the published LLaDA estimator and greedy check (fixture from
+ML-GSAI/LLaDA get_log_likelihood.py / eval_llada.py, tests/fixtures/scoring/README.md), and the
+autoregressive scorer against the Nemotron AR runner."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dserve.scoring.monte_carlo import estimate
+from dserve.scoring.params import ScoringParams, default_mc_batch_size
+from dserve.scoring.runner import AutoregressiveScorer, MonteCarloScorer
+from dserve.scoring.sequence import ScoreSequence
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+EXPECTED = json.loads((FIXTURES / "scoring" / "expected.json").read_text())
+
+
+def _load(family):
+    if family == "llada":
+        from dserve_llada.model import load_llada
+
+        return load_llada(FIXTURES / "llada_tiny_random", dtype="float32")
+    from dserve_dream.model import load_dream
+
+    return load_dream(FIXTURES / "dream", dtype="float32")
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def family_model(request):
+    return request.param, _load(request.param)
+
+
+def _score(runner, seqs, max_steps=10_000):
+    for s in seqs:
+        runner.admit(s)
+    nfe = {s.seq_id: 0 for s in seqs}
+    for _ in range(max_steps):
+        if not runner.sequences:
+            break
+        for r in runner.step():
+            nfe[r.seq.seq_id] += r.nfe
+            if r.finished:
+                runner.release(r.seq)
+    assert not runner.sequences
+    return [s.result for s in seqs], nfe
+
+
+def _seq(case, **override):
+    p = dict(mc_num=case["mc_num"], mc_batch_size=case["batch_size"], cfg_scale=case["cfg_scale"]) | override
+    ctx = case["context"]
+    return ScoreSequence(ctx + case["continuation"], 1, ScoringParams(**p), seed=case["seed"], context_len=len(ctx))
+
+
+def test_equals_the_published_estimator_and_greedy_check(family_model):
+    family, model = family_model
+    cases = EXPECTED["cases"][family]
+    seqs = [_seq(c) for c in cases]
+    results, _ = _score(MonteCarloScorer(model), seqs)  # every case in one running batch
+    for case, result in zip(cases, results):
+        assert result.loglikelihood == pytest.approx(case["loglikelihood"], rel=1e-5, abs=1e-5), case["case"]
+        assert result.is_greedy is case["is_greedy"], case["case"]
+    assert any(c["is_greedy"] for c in cases) and not all(c["is_greedy"] for c in cases)
+
+
+def test_each_case_alone_equals_the_batch(family_model):
+    family, model = family_model
+    cases = EXPECTED["cases"][family][:2]
+    together, _ = _score(MonteCarloScorer(model), [_seq(c) for c in cases])
+    for case, joint in zip(cases, together):
+        (alone,), _ = _score(MonteCarloScorer(model), [_seq(case)])
+        assert alone.loglikelihood == pytest.approx(joint.loglikelihood, rel=1e-5)
+
+
+def test_standard_error_and_forward_count(family_model):
+    family, model = family_model
+    case = EXPECTED["cases"][family][0]  # mc_num 128 in mini-batches of 16, 3 continuation tokens
+    (result,), nfe = _score(MonteCarloScorer(model), [_seq(case, check_greedy=False)])
+    assert result.is_greedy is None
+    assert result.stderr is not None and 0 < result.stderr < abs(result.loglikelihood)
+    assert result.nfe == 128
+    (single,), _ = _score(MonteCarloScorer(model), [_seq(case, mc_num=1, mc_batch_size=1, check_greedy=False)])
+    assert single.stderr is None
+
+
+def test_estimate_and_its_standard_error():
+    value, stderr = estimate([[1.0, 3.0], [2.0, 6.0]])
+    assert value == -3.0
+    assert stderr == pytest.approx(math.sqrt(((2**2 + 0 + 1 + 3**2) / 3) / 4))
+
+
+def test_default_mini_batch_divides_mc_num():
+    assert [default_mc_batch_size(n) for n in (1, 12, 128, 20, 17)] == [1, 12, 16, 10, 1]
+    with pytest.raises(ValueError, match="must divide"):
+        ScoringParams(mc_num=10, mc_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def nemotron():
+    from dserve_nemotron.model import load_nemotron
+
+    return load_nemotron(FIXTURES / "nemotron", dtype="float32")
+
+
+def test_autoregressive_scores_are_exact_log_probabilities(nemotron):
+    """The scorer's log-probability of a continuation equals the sum of the AR runner's own
+    next-token log-probabilities (one causal pass over a cache, token by token), and the greedy
+    AR decode is the one continuation flagged greedy."""
+    from dserve.sequence import Sequence
+    from dserve_nemotron.autoregressive import AutoregressiveRunner
+    from dserve_nemotron.params import AutoregressiveParams
+
+    context = [5, 6, 7, 8, 9]
+    gen = Sequence(context, max_tokens=6, params=AutoregressiveParams(), ignore_eos=True)
+    runner = AutoregressiveRunner(nemotron)
+    runner.admit(gen)
+    greedy: list[int] = []
+    while len(greedy) < 6:
+        (r,) = runner.step()
+        greedy.extend(t for _, t in r.committed)
+    # token by token with a plain causal forward: the reference log-probabilities
+    ids = torch.tensor([context + greedy])
+    L = ids.shape[1]
+    mask = torch.ones(L, L, dtype=torch.bool).tril()[None]
+    logits = nemotron(ids, torch.arange(L)[None], attention_mask=mask)[0]
+    reference = torch.log_softmax(logits[len(context) - 1 : -1].float(), -1).gather(-1, ids[0, len(context) :, None]).sum()
+    other = greedy[:3] + [(greedy[3] + 1) % 200] + greedy[4:]
+    seqs = [
+        ScoreSequence(context + cont, 1, ScoringParams(), context_len=len(context)) for cont in (greedy, other, greedy[:2])
+    ]
+    results, nfe = _score(AutoregressiveScorer(nemotron), seqs)
+    assert results[0].loglikelihood == pytest.approx(float(reference), rel=1e-5)
+    assert [r.is_greedy for r in results] == [True, False, True]
+    assert results[1].loglikelihood < results[0].loglikelihood
+    assert all(r.stderr is None for r in results) and set(nfe.values()) == {1}
