@@ -127,9 +127,7 @@ def test_autoregressive_scores_are_exact_log_probabilities(nemotron):
     logits = nemotron(ids, torch.arange(L)[None], attention_mask=mask)[0]
     reference = torch.log_softmax(logits[len(context) - 1 : -1].float(), -1).gather(-1, ids[0, len(context) :, None]).sum()
     other = greedy[:3] + [(greedy[3] + 1) % 200] + greedy[4:]
-    seqs = [
-        ScoreSequence(context + cont, 1, ScoringParams(), context_len=len(context)) for cont in (greedy, other, greedy[:2])
-    ]
+    seqs = [ScoreSequence(context + cont, 1, ScoringParams(), context_len=len(context)) for cont in (greedy, other, greedy[:2])]
     results, nfe = _score(AutoregressiveScorer(nemotron), seqs)
     assert results[0].loglikelihood == pytest.approx(float(reference), rel=1e-5)
     assert [r.is_greedy for r in results] == [True, False, True]

@@ -3,7 +3,7 @@ defaults (ML-GSAI/LLaDA get_log_likelihood.py and eval_llada.py)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from dserve.params import DecodingParams
 
@@ -29,11 +29,13 @@ class ScoringParams(DecodingParams):
     cfg_scale: float = Field(0.0, ge=0.0, le=20.0, description="unsupervised classifier-free guidance scale (0: off)")
     check_greedy: bool = Field(True, description="also run the published greedy check (one forward per token)")
 
-    @model_validator(mode="after")
-    def _divides(self) -> ScoringParams:
-        if self.mc_batch_size is not None and self.mc_num % self.mc_batch_size:
-            raise ValueError(f"mc_batch_size {self.mc_batch_size} must divide mc_num {self.mc_num}")
-        return self
+    @field_validator("mc_batch_size")
+    @classmethod
+    def _divides(cls, v: int | None, info: ValidationInfo) -> int | None:
+        mc_num = info.data.get("mc_num", DEFAULT_MC_NUM)
+        if v is not None and mc_num % v:
+            raise ValueError(f"mc_batch_size {v} must divide mc_num {mc_num}")
+        return v
 
     @property
     def batch_size(self) -> int:

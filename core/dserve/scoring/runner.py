@@ -171,8 +171,86 @@ class AutoregressiveScorer(AlgorithmRunner):
         for seq, logits in zip(planned, self.forward(rows)):
             target = seq.engine_state[seq.context_len :]
             logp = torch.log_softmax(logits.float(), dim=-1)
-            value = float(logp.gather(-1, target[:, None]).sum())
+            values = logp.gather(-1, target[:, None]).squeeze(-1)
             greedy = bool(torch.equal(logits.argmax(-1), target)) if _params(seq).check_greedy else None
-            seq.result = ScoreResult(value, greedy, None, nfe=1)
+            seq.result = ScoreResult(float(values.sum()), greedy, None, nfe=1)
+            if seq.top_n is not None:
+                seq.result.token_logprobs = values.tolist()
+                seq.result.top_logprobs = top_alternatives(logp, seq.top_n)
             results[seq.seq_id] = StepResult(seq, finished=True, nfe=1)
+        return [results.get(s.seq_id) or StepResult(s, nfe=0) for s in seqs]
+
+
+def top_alternatives(logp: torch.Tensor, n: int) -> list[dict[int, float]]:
+    """Per row of log-probabilities [k, V]: its n most likely tokens and their log-probabilities."""
+    if n <= 0:
+        return [{} for _ in range(logp.shape[0])]
+    values, ids = logp.topk(n, dim=-1)
+    return [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+@dataclass
+class _LeftToRightState:
+    tokens: torch.Tensor  # [n] the whole text
+    pending: list[int]  # positions still to score, in order
+    values: dict[int, float] = field(default_factory=dict)
+    top: dict[int, dict[int, float]] = field(default_factory=dict)
+    nfe: int = 0
+
+
+class LeftToRightScorer(AlgorithmRunner):
+    """Per-token values for a mask predictor (the `echo`/`logprobs` shape of /v1/completions):
+    token i gets log p(x_i | x_<i) read at position i of a canvas that holds x_<i and masks up to
+    the text's end. The values of a span sum to its log-probability under the left-to-right
+    decoding order (one order of the many the Monte Carlo estimator averages over); one forward
+    per token, all of a text's rows in as few steps as the token budget allows."""
+
+    def init_state(self, seq: Sequence) -> _LeftToRightState:
+        s = _score_seq(seq)
+        tokens = torch.tensor(s.prompt_ids, dtype=torch.long, device=self.model.device)
+        return _LeftToRightState(tokens, list(range(max(1, s.context_len), s.prompt_len)))
+
+    def _row(self, st: _LeftToRightState, position: int) -> Row:
+        canvas = st.tokens.clone()
+        canvas[position:] = self.model.info.mask_id
+        return Row(canvas, logits=(position, position + 1))
+
+    @torch.inference_mode()
+    def step(self) -> list[StepResult]:
+        seqs = [_score_seq(s) for s in self.sequences]
+        planned: list[tuple[ScoreSequence, list[int]]] = []
+        budget = TOKENS_PER_STEP
+        for seq in seqs:
+            st: _LeftToRightState = seq.engine_state
+            take = min(len(st.pending), budget // seq.prompt_len)
+            if not planned:
+                take = min(len(st.pending), max(1, take))  # the first sequence always makes progress
+            elif take == 0 and st.pending:
+                break
+            budget -= take * seq.prompt_len
+            planned.append((seq, st.pending[:take]))
+        rows = [self._row(seq.engine_state, i) for seq, positions in planned for i in positions]
+        logits = iter(self.forward(rows))
+        results: dict[int, StepResult] = {}
+        for seq, positions in planned:
+            st = seq.engine_state
+            if positions:
+                logp = torch.log_softmax(torch.cat([next(logits) for _ in positions]).float(), dim=-1)
+                values = logp.gather(-1, st.tokens[positions][:, None]).squeeze(-1).tolist()
+                st.values.update(zip(positions, values))
+                st.top.update(zip(positions, top_alternatives(logp, seq.top_n or 0)))
+                del st.pending[: len(positions)]
+            st.nfe += len(positions)
+            finished = not st.pending
+            if finished:
+                order = sorted(st.values)
+                seq.result = ScoreResult(
+                    sum(st.values.values()),
+                    all(max(st.top[i].values(), default=st.values[i]) <= st.values[i] for i in order) if seq.top_n else None,
+                    None,
+                    st.nfe,
+                    [st.values[i] for i in order],
+                    [st.top[i] for i in order],
+                )
+            results[seq.seq_id] = StepResult(seq, finished=finished, nfe=len(positions))
         return [results.get(s.seq_id) or StepResult(s, nfe=0) for s in seqs]

@@ -32,22 +32,30 @@ AUTOREGRESSIVE = AlgorithmSpec(
     requires=frozenset({BLOCK_CAUSAL}),
     description="exact token log-probabilities under causal attention (Nemotron-Labs-Diffusion's AR mode)",
 )
+LEFT_TO_RIGHT = AlgorithmSpec(
+    name="left_to_right",
+    runner="dserve.scoring.runner:LeftToRightScorer",
+    params="dserve.scoring.params:ScoringParams",
+    requires=frozenset({BIDIRECTIONAL}),
+    description="per-token values of a mask predictor: each token with the earlier ones given, the later masked",
+)
 # not registered: scoring is no decoding choice; its runners are keyed ("scoring", estimator)
-SCORING = EngineSpec(name="scoring", algorithms=(MONTE_CARLO, AUTOREGRESSIVE), default_algorithm="monte_carlo")
+SCORING = EngineSpec(name="scoring", algorithms=(MONTE_CARLO, AUTOREGRESSIVE, LEFT_TO_RIGHT), default_algorithm="monte_carlo")
 
 
-def scorer_for(capabilities: frozenset[str]) -> AlgorithmSpec:
-    """Mask predictors (bidirectional attention) get the Monte Carlo estimator; a model whose
-    attention can be causal gets exact autoregressive log-probabilities."""
+def scorer_for(capabilities: frozenset[str], *, per_token: bool = False) -> AlgorithmSpec:
+    """Mask predictors (bidirectional attention) get the Monte Carlo estimator (per token: the
+    left-to-right values); a model whose attention can be causal gets exact autoregressive
+    log-probabilities."""
     if BIDIRECTIONAL in capabilities:
-        return MONTE_CARLO
+        return LEFT_TO_RIGHT if per_token else MONTE_CARLO
     if BLOCK_CAUSAL in capabilities:
         return AUTOREGRESSIVE
     raise BadRequest("this model family has no scoring method", code="scoring_not_supported")
 
 
-def resolve(service: GenerationService, fields: Mapping[str, Any]) -> RequestSpec:
-    algorithm = scorer_for(service.model.info.capabilities)
+def resolve(service: GenerationService, fields: Mapping[str, Any], *, per_token: bool = False) -> RequestSpec:
+    algorithm = scorer_for(service.model.info.capabilities, per_token=per_token)
     try:
         params = resolve_params(ScoringParams, fields, algorithm=f"scoring/{algorithm.name}", shared=())
     except ParamError as exc:
@@ -91,6 +99,7 @@ def submit(
     *,
     seed: int | None,
     loop: asyncio.AbstractEventLoop,
+    top_n: int | None = None,
 ) -> list[GenerationHandle]:
     """Queue one scoring sequence per (context, continuation) pair, all with the same seed (the
     continuations of one context are compared under the same random masks)."""
@@ -101,7 +110,7 @@ def submit(
     deadline = time.monotonic() + service.settings.request_timeout if service.settings.request_timeout else None
     handles = []
     for context, continuation in pairs:
-        seq = ScoreSequence(context + continuation, 1, spec.params, seed=seed, spec=spec, context_len=len(context))
+        seq = ScoreSequence(context + continuation, 1, spec.params, seed=seed, spec=spec, context_len=len(context), top_n=top_n)
         tracker = OutputTracker(service.model.tokenizer, 0, 1, ())
         handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))
     service.scheduler.submit(handles)
