@@ -88,8 +88,9 @@ def check_pair(service: GenerationService, spec: RequestSpec, context: list[int]
             param="continuations",
             code="context_length_exceeded",
         )
-    if any(not 0 <= t < info.vocab_size for t in (*context, *continuation)):
-        raise BadRequest(f"token ids must be in [0, {info.vocab_size})", param="context")
+    for name, ids in (("context", context), ("continuations", continuation)):
+        if any(not 0 <= t < info.vocab_size for t in ids):
+            raise BadRequest(f"token ids must be in [0, {info.vocab_size})", param=name)
 
 
 def submit(
