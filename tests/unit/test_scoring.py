@@ -133,3 +133,73 @@ def test_autoregressive_scores_are_exact_log_probabilities(nemotron):
     assert [r.is_greedy for r in results] == [True, False, True]
     assert results[1].loglikelihood < results[0].loglikelihood
     assert all(r.stderr is None for r in results) and set(nfe.values()) == {1}
+
+
+def test_left_to_right_values(family_model):
+    """Token i's value is log p(x_i) read at position i of x_<i followed by masks; texts of
+    different lengths share the scorer's forwards."""
+    from dserve.scoring.runner import LeftToRightScorer
+
+    family, model = family_model
+    texts = [[5, 6, 7, 8, 9, 10], [20, 21, 22]]
+    seqs = [ScoreSequence(t, 1, ScoringParams(), context_len=1, top_n=2) for t in texts]
+    results, nfe = _score(LeftToRightScorer(model), seqs)
+    for text, result in zip(texts, results):
+        assert len(result.token_logprobs) == len(result.top_logprobs) == len(text) - 1
+        for i in range(1, len(text)):
+            canvas = torch.tensor([text[:i] + [model.info.mask_id] * (len(text) - i)])
+            logp = torch.log_softmax(model(canvas)[0, i].float(), -1)
+            assert result.token_logprobs[i - 1] == pytest.approx(float(logp[text[i]]), rel=1e-5, abs=1e-5)
+            assert len(result.top_logprobs[i - 1]) == 2
+            assert max(result.top_logprobs[i - 1].values()) == pytest.approx(float(logp.max()), rel=1e-5, abs=1e-5)
+        assert result.loglikelihood == pytest.approx(sum(result.token_logprobs))
+    assert [nfe[s.seq_id] for s in seqs] == [5, 2]
+
+
+def test_reference_loop_reports_the_probability_at_commit():
+    """Each committed token's log-probability is the one the model gave it on the canvas of the
+    step that committed it (recomputed here from a snapshot of that canvas)."""
+    from dserve.sequence import Sequence
+    from dserve_llada.params import ReferenceParams
+    from dserve_llada.reference import ReferenceRunner
+
+    model = _load("llada")
+    seq = Sequence([5, 6, 7, 8], max_tokens=8, params=ReferenceParams(steps=4, block_length=8, temperature=0.0))
+    seq.logprobs = 3
+    runner = ReferenceRunner(model)
+    runner.admit(seq)
+    checked = 0
+    while runner.sequences:
+        before = seq.engine_state.canvas.clone()
+        (result,) = runner.step()
+        assert result.logprobs is not None and len(result.logprobs) == len(result.committed) == 2
+        logp = torch.log_softmax(model(before[None])[0].float(), -1)
+        for (offset, token), (value, top) in zip(result.committed, result.logprobs):
+            assert value == pytest.approx(float(logp[seq.prompt_len + offset, token]), rel=1e-5, abs=1e-5)
+            assert len(top) == 3 and max(top.values()) == pytest.approx(value, abs=1e-6)  # greedy: the argmax
+            checked += 1
+        if result.finished:
+            runner.release(seq)
+    assert checked == 8
+
+
+def test_autoregressive_runner_logprobs_equal_the_scorer(nemotron):
+    """Two paths to the same numbers: the AR decode's reported log-probabilities (over a KV
+    cache, token by token) and the scorer's per-token values (one causal pass)."""
+    from dserve.sequence import Sequence
+    from dserve_nemotron.autoregressive import AutoregressiveRunner
+    from dserve_nemotron.params import AutoregressiveParams
+
+    context = [5, 6, 7, 8, 9]
+    gen = Sequence(context, max_tokens=5, params=AutoregressiveParams(), ignore_eos=True)
+    gen.logprobs = 0
+    runner = AutoregressiveRunner(nemotron)
+    runner.admit(gen)
+    tokens, values = [], []
+    while len(tokens) < 5:
+        (r,) = runner.step()
+        tokens += [t for _, t in r.committed]
+        values += [v for v, _ in r.logprobs]
+    scored = ScoreSequence(context + tokens, 1, ScoringParams(), context_len=len(context), top_n=0)
+    (result,), _ = _score(AutoregressiveScorer(nemotron), [scored])
+    assert result.token_logprobs == pytest.approx(values, abs=1e-5)
