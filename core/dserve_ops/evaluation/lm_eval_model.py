@@ -5,7 +5,8 @@ registers it and runs lm-eval's own CLI (docs/eval.md):
 
     dserve lm-eval --model dserve --model_args base_url=http://127.0.0.1:8000,mc_num=128 --tasks arc_challenge
 
-model_args: base_url, model (default: the server's), api_key, the estimator's mc_num,
+model_args: base_url, model (default: the server's), api_key, tokenizer (a local tokenizer
+directory or hub id whose chat template `--apply_chat_template` applies), the estimator's mc_num,
 mc_batch_size, cfg_scale, check_greedy (default false, as the published evaluation commands
 run), seed, add_special_tokens; concurrency (requests in flight), timeout; any other key (engine,
 generation_algorithm, steps, block_length, threshold, ...) is sent with every generation request.
@@ -38,9 +39,12 @@ class DserveLM(LM):
         concurrency: int = 16,
         timeout: float = 600.0,
         max_gen_toks: int = 256,
+        tokenizer: str | None = None,
         **kwargs: Any,
     ):
         super().__init__()
+        self._tokenizer_name = tokenizer
+        self._tokenizer: Any = None
         for key in _HARNESS_KEYS:
             kwargs.pop(key, None)
         self.base_url = base_url.rstrip("/")
@@ -52,6 +56,20 @@ class DserveLM(LM):
         self.decoding = kwargs  # engine, generation_algorithm, steps, threshold, ...
         self.concurrency = int(concurrency)
         self.max_gen_toks = int(max_gen_toks)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self._tokenizer_name or self.model
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The chat template of `tokenizer=` (the served model's own tokenizer files)."""
+        if self._tokenizer_name is None:
+            raise ValueError("--apply_chat_template needs the model's tokenizer: add tokenizer=PATH_OR_HUB_ID to --model_args")
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name, trust_remote_code=True)
+        return self._tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self.client.post(path, json=body)
