@@ -75,8 +75,12 @@ def main() -> int:
         }
 
     started = time.monotonic()
+    rows = []
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
-        rows = list(pool.map(measure, items))
+        for row in pool.map(measure, items):
+            rows.append(row)
+            if len(rows) % 10 == 0:
+                print(f"{len(rows)}/{len(items)} items, {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     seconds = time.monotonic() - started
 
     def argmax(values: list[float]) -> int:
