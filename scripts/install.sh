@@ -34,7 +34,7 @@ fi
 packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron)
 if [ "${1:-}" = "--test" ]; then
   echo "install.sh: dserve, its plugins and the test tools (pinned by constraints/test.txt)"
-  "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test]" "${packages[@]}"
+  "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test,plot,lm-eval]" "${packages[@]}"
 else
   echo "install.sh: dserve and its plugins"
   "$PYTHON" -m pip install --progress-bar on -e . "${packages[@]}"
