@@ -36,7 +36,7 @@ class StepResult:
     committed: list[tuple[int, int]] = field(default_factory=list)  # (offset after prompt, token id)
     finished: bool = False  # the runner has nothing more to do for this sequence
     nfe: int = 1  # model forward passes this step spent on the sequence
-    logprobs: list[TokenLogprob] | None = None  # per committed token, when the sequence asks (seq.logprobs)
+    logprobs: list[TokenLogprob | None] | None = None  # per committed token, when the sequence asks (seq.logprobs)
 
 
 class AlgorithmRunner(ABC):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-# (the token's log-probability, its position's top alternatives {token id: log-probability})
+# (the token's log-probability, its position's top alternatives {token id: log-probability});
+# a runner reports None for a token it committed without predicting it (dInfer's early-stop fill)
 TokenLogprob = tuple[float, dict[int, float]]
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> list[TokenLogprob]:
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> list[TokenLogprob | None]:
     """Per committed token: logits [k, V] of the positions, tokens [k], top_n >= 0 alternatives."""
     if logits.shape[0] == 0:
         return []
@@ -28,7 +29,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> li
 
 def committed_logprobs(
     top_n: int | None, committed: list[tuple[int, int]], logits: torch.Tensor, first_offset: int = 0
-) -> list[TokenLogprob] | None:
+) -> list[TokenLogprob | None] | None:
     """`StepResult.logprobs` for a step's commits: `logits` [k, V] hold generation offset
     `first_offset` at row 0 (a runner's block or region logits); None when not asked."""
     if top_n is None or not committed:

@@ -159,12 +159,14 @@ def test_chat_logprobs_are_the_committed_tokens(client, model_id):
         assert t.top_logprobs[0].token == t.token and bytes(t.bytes).decode() == t.token
 
 
-def test_completion_logprobs_and_unsupported_algorithms(client, server, model_id):
+def test_completion_logprobs_and_their_400s(client, server, model_id):
     r = client.completions.create(model=model_id, prompt="ab", max_tokens=4, logprobs=2, temperature=0)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == r.usage.completion_tokens
-    r = _post(server, "/v1/completions", {"model": model_id, "prompt": "ab", "logprobs": 1, "engine": "dinfer"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "logprobs_not_supported"
+    body = {"model": model_id, "prompt": "Reverse the word: cat", "max_tokens": 8, "logprobs": 1, "engine": "dinfer"}
+    r = _post(server, "/v1/completions", body)
+    lp = r.json()["choices"][0]["logprobs"]
+    assert r.status_code == 200 and len(lp["tokens"]) == len(lp["token_logprobs"]) == r.json()["usage"]["completion_tokens"]
     r = _post(
         server, "/v1/chat/completions", {"model": model_id, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
     )

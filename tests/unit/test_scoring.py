@@ -203,3 +203,37 @@ def test_autoregressive_runner_logprobs_equal_the_scorer(nemotron):
     scored = ScoreSequence(context + tokens, 1, ScoringParams(), context_len=len(context), top_n=0)
     (result,), _ = _score(AutoregressiveScorer(nemotron), [scored])
     assert result.token_logprobs == pytest.approx(values, abs=1e-5)
+
+
+def test_linear_spec_logprobs_equal_the_autoregressive_scorer(nemotron):
+    """Self-speculation at temperature 0 commits the greedy AR tokens; each reports the
+    probability of the causal verify row (or the prefill) that produced it: the AR scorer's."""
+    from dserve.sequence import Sequence
+    from dserve_nemotron.linear_spec import LinearSpecRunner
+    from dserve_nemotron.params import LinearSpecParams
+
+    context = [5, 6, 7, 8, 9]
+    gen = Sequence(context, max_tokens=8, params=LinearSpecParams(block_length=4), ignore_eos=True)
+    gen.logprobs = 0
+    runner = LinearSpecRunner(nemotron)
+    runner.admit(gen)
+    tokens, values = [], []
+    while runner.sequences:
+        (r,) = runner.step()
+        tokens += [t for _, t in r.committed]
+        values += [v for v, _ in r.logprobs]
+        if r.finished:
+            runner.release(gen)
+    scored = ScoreSequence(context + tokens, 1, ScoringParams(), context_len=len(context), top_n=0)
+    (result,), _ = _score(AutoregressiveScorer(nemotron), [scored])
+    assert result.token_logprobs == pytest.approx(values, abs=1e-4)
+
+
+def test_every_built_in_runner_reports_logprobs():
+    from dserve.plugins import get_registry
+
+    registry = get_registry()
+    runners = {f"{e.name}/{a.name}": a.load_runner() for e in registry.engines.values() for a in e.algorithms}
+    assert runners and all(r.reports_logprobs for r in runners.values()), [
+        k for k, r in runners.items() if not r.reports_logprobs
+    ]
