@@ -16,6 +16,6 @@ lint:  ## ruff (lint and format) and mypy, as configured in pyproject.toml
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 
-test-all:  ## also the slow tests
-	./scripts/install.sh --test
+test-all:  ## also the slow tests (and lm-eval, which they use)
+	./scripts/install.sh --test-all
 	$(PYTHON) -m pytest -q -m "not gpu"

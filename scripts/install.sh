@@ -4,6 +4,7 @@
 #   scripts/install.sh          the server
 #   scripts/install.sh --test   the server plus the test tools, at the versions in
 #                               constraints/test.txt (a fresh install reproduces the suite)
+#   scripts/install.sh --test-all   also lm-eval, which only slow tests use (`make test-all`)
 #
 # torch: a machine that already has one (say, a CUDA build on a GPU host) keeps it. A machine
 # with none gets torch 2.13.0: the CUDA build from PyPI where an NVIDIA GPU is present, the CPU
@@ -32,9 +33,12 @@ else
 fi
 
 packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron -e plugins/llada2)
-if [ "${1:-}" = "--test" ]; then
-  echo "install.sh: dserve, its plugins and the test tools (pinned by constraints/test.txt)"
-  "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test]" "${packages[@]}"
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--test-all" ]; then
+  extras=test,plot
+  # lm-eval (datasets, pyarrow, scikit-learn, ...) is for the slow lm-eval tests alone
+  [ "$1" = "--test-all" ] && extras=$extras,lm-eval
+  echo "install.sh: dserve, its plugins and the test tools [$extras] (pinned by constraints/test.txt)"
+  "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[$extras]" "${packages[@]}"
 else
   echo "install.sh: dserve and its plugins"
   "$PYTHON" -m pip install --progress-bar on -e . "${packages[@]}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dserve.batch import Row, RowBatch, forward
+from dserve.logprobs import TokenLogprob
 from dserve.modeling import DiffusionModel
 from dserve.modeling.cache_pool import CachePool
 from dserve.sequence import Sequence
@@ -35,6 +36,7 @@ class StepResult:
     committed: list[tuple[int, int]] = field(default_factory=list)  # (offset after prompt, token id)
     finished: bool = False  # the runner has nothing more to do for this sequence
     nfe: int = 1  # model forward passes this step spent on the sequence
+    logprobs: list[TokenLogprob | None] | None = None  # per committed token, when the sequence asks (seq.logprobs)
 
 
 class AlgorithmRunner(ABC):
@@ -43,6 +45,8 @@ class AlgorithmRunner(ABC):
     # True: the runner calls the model with repeating shapes and consumes the logits before its
     # next call, so on a GPU it gets a dserve.modeling.cuda_graphs.GraphedModel.
     graphable = False
+    # True: StepResult.logprobs is filled for sequences that ask (dserve.logprobs)
+    reports_logprobs = False
 
     def __init__(self, model: DiffusionModel, *, max_batch_size: int = 16):
         self.model = model

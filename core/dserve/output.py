@@ -33,26 +33,34 @@ class OutputTracker:
         self.text = ""  # decoded text of output_ids, cut at a stop string
         self.sent = 0  # characters of self.text already released
         self.finish_reason: str | None = None
+        self.slot_logprobs: dict[int, Any] = {}  # offset -> (logprob, top alternatives), when reported
+        self.output_logprobs: list[Any] = []  # aligned with output_ids (None where not reported)
+        self.stop_token: tuple[int, Any] | None = None  # the stop id that ended the answer, with its logprob
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def apply(self, committed: list[tuple[int, int]]) -> str:
-        """Record committed (offset, token) pairs; return newly final text (may be "")."""
+    def apply(self, committed: list[tuple[int, int]], logprobs: list[Any] | None = None) -> str:
+        """Record committed (offset, token) pairs (and their log-probabilities, when the runner
+        reports them); return newly final text (may be "")."""
         if self.finished:
             return ""
-        for offset, token in committed:
+        for i, (offset, token) in enumerate(committed):
             if 0 <= offset < len(self.slots):
                 self.slots[offset] = token
+                if logprobs is not None:
+                    self.slot_logprobs[offset] = logprobs[i]
         grew = False
         while self.prefix_len < len(self.slots) and self.slots[self.prefix_len] != _MASKED:
             token = self.slots[self.prefix_len]
             self.prefix_len += 1
             if token in self.stop_ids:
                 self.finish_reason = "stop"
+                self.stop_token = (token, self.slot_logprobs.get(self.prefix_len - 1))
                 break
             self.output_ids.append(token)
+            self.output_logprobs.append(self.slot_logprobs.get(self.prefix_len - 1))
             grew = True
             if len(self.output_ids) >= self.max_tokens:
                 self.finish_reason = "length"

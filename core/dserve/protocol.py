@@ -16,6 +16,7 @@ from dserve.params import nullable
 
 MAX_N = 16
 MAX_STOP = 8
+MAX_TOP_LOGPROBS = 20  # alternatives per token (vLLM's default cap)
 
 
 class TextPart(BaseModel):
@@ -101,27 +102,19 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=65536)
-    logprobs: bool | None = Field(None, description="not supported: must be false or absent")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported by diffusion decoding")
-        return v
+    logprobs: bool | None = Field(None, description="return each generated token's log-probability when committed")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token (needs logprobs)")
 
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
-    logprobs: int | None = Field(None, description="not supported: must be absent")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v is not None:
-            raise ValueError("logprobs are not supported by diffusion decoding")
-        return v
+    echo: bool = Field(False, description="the prompt before the completion; with logprobs, its per-token values (docs/eval.md)")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="log-probabilities of the tokens, with this many alternatives each"
+    )
+    max_tokens: int | None = Field(
+        None, ge=0, le=65536, description="most tokens to generate; 0 with echo: score the prompt only"
+    )
 
 
 # ---- async job API (dLLM-Serve compatible) --------------------------------------------------

@@ -380,7 +380,7 @@ class Scheduler:
         if handle is None:
             return
         handle.nfe += result.nfe
-        delta = handle.tracker.apply(result.committed)
+        delta = handle.tracker.apply(result.committed, result.logprobs)
         if result.finished and not handle.tracker.finished:
             delta += handle.tracker.canvas_complete()
         if delta:

@@ -39,6 +39,7 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     gen_length: int = 0  # canvas slots after the prompt: max_tokens rounded up to whole blocks
     engine_state: Any = None  # the runner's per-sequence state
+    logprobs: int | None = None  # report committed tokens' log-probabilities with this many alternatives
 
     def __post_init__(self) -> None:
         self.gen_length = self.params.gen_length(self.max_tokens)

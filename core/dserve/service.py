@@ -273,9 +273,17 @@ class GenerationService:
         stop: list[str],
         loop: asyncio.AbstractEventLoop,
         ignore_eos: bool = False,
+        logprobs: int | None = None,
     ) -> list[GenerationHandle]:
-        """Queue `n` sequences of one prompt, decoded as `spec` (from `resolve`) says."""
+        """Queue `n` sequences of one prompt, decoded as `spec` (from `resolve`) says; with
+        `logprobs`, each committed token's log-probability and that many alternatives."""
         params = spec.params
+        if logprobs is not None and not spec.algorithm.load_runner().reports_logprobs:
+            raise BadRequest(
+                f"{spec.engine.name}/{spec.algorithm.name} does not report logprobs",
+                param="logprobs",
+                code="logprobs_not_supported",
+            )
         max_tokens = max_tokens or self.settings.max_tokens
         if not prompt_ids:
             raise BadRequest("the prompt is empty", param="messages")
@@ -293,6 +301,7 @@ class GenerationService:
             seq = Sequence(
                 prompt_ids, max_tokens, params, seed=None if seed is None else seed + i, ignore_eos=ignore_eos, spec=spec
             )
+            seq.logprobs = logprobs
             stop_ids = () if ignore_eos else self.model.info.stop_ids
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
             handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))

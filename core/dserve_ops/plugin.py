@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # dserve.settings builds Settings from the loaded plugins: im
 @hookimpl
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
     from dserve_ops import bench, dcp, ray_serve, slurm
-    from dserve_ops.evaluation import harness
+    from dserve_ops.evaluation import harness, lm_eval_command
     from dserve_ops.front import status
 
     bench_parser = subparsers.add_parser("bench", help="HTTP load test against an OpenAI-compatible server")
@@ -31,6 +31,15 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     harness.add_arguments(eval_parser)
     eval_parser.set_defaults(handler=harness.main)
+
+    lm_eval_parser = subparsers.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness with the `dserve` model (scores through /v1/loglikelihood)",
+        prefix_chars="+",  # every argument, options included, is lm-eval's
+        add_help=False,
+    )
+    lm_eval_command.add_arguments(lm_eval_parser)
+    lm_eval_parser.set_defaults(handler=lm_eval_command.main)
 
     status_parser = subparsers.add_parser("status", help="show a multi-GPU front's workers and load (/worker-status, /stats)")
     status.add_arguments(status_parser)

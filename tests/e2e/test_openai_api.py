@@ -145,7 +145,7 @@ def test_unknown_model_is_404(client):
         b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}',
         b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
         b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e400}',
-        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}',
         b"\xff\xfe not utf-8",
         b"[" * 5000 + b"]" * 5000,
     ],

@@ -94,7 +94,7 @@ def _cases(model: str, context: int) -> list[tuple[str, str, bytes, str | None, 
         ("unknown role", chat, _raw({"model": model, "messages": [{"role": "root", "content": "hi"}]}), None, None),
         ("stop list of 10000", chat, _raw(_chat(model, stop=["x"] * 10_000)), "stop", None),
         ("empty stop string", chat, _raw(_chat(model, stop=[""])), "stop", None),
-        ("logprobs", chat, _raw(_chat(model, logprobs=True)), "logprobs", None),
+        ("top_logprobs over 20", chat, _raw(_chat(model, logprobs=True, top_logprobs=21)), "top_logprobs", None),
         ("unknown engine", chat, _raw(_chat(model, engine="nope")), "engine", "unknown_engine"),
         ("unknown algorithm", chat, _raw(_chat(model, generation_algorithm="nope")), "generation_algorithm", "unknown_algorithm"),
         # an unknown field is ignored (docs/api.md, "Fields"); another algorithm's parameter is not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -87,3 +88,9 @@ def set_log_fields(request: Request, **fields: Any) -> None:
     """Fields the access log adds to the request's log line."""
     state = request.scope.setdefault("state", {})
     state.setdefault("log_fields", {}).update(fields)
+
+
+def response_id(request: Request) -> str:
+    """The request id (the client's X-Request-Id, or the one the server minted): the
+    response `id` carries it, as vLLM's does, so logs and responses join on one key."""
+    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +16,10 @@ from dserve.middleware.metrics import STREAM_ERROR_STATUS
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
 from dserve.protocol import ChatCompletionRequest, CompletionRequest
 from dserve.request_fields import ignored_header
-from dserve.routes._common import parse_body, run_unless_disconnected, set_log_fields
+from dserve.routes._common import parse_body, response_id, run_unless_disconnected, set_log_fields
+from dserve.routes._logprobs import chat_logprobs, completion_logprobs
 from dserve.routes._tokenize import check_prompt_chars, tokenize
+from dserve.routes.echo import echo_completion
 from dserve.scheduler import GenerationHandle
 from dserve.service import GenerationService, collect_text
 
@@ -66,7 +67,10 @@ async def chat_completions(request: Request) -> Response:
     except ValueError as exc:
         raise BadRequest(str(exc), param="messages") from None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return await _generate(request, service, body, [prompt_ids], max_tokens, chat=True)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return await _generate(request, service, body, [prompt_ids], max_tokens, chat=True, logprobs=logprobs)
 
 
 async def completions(request: Request) -> Response:
@@ -92,11 +96,16 @@ async def completions(request: Request) -> Response:
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise BadRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
     if body.echo:
-        raise BadRequest("echo is not supported", param="echo")
-    return await _generate(request, service, body, prompts, body.max_tokens, chat=False)
+        texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt[0], str) else None
+        return await echo_completion(request, service, body, prompts, texts, _generate_handles)
+    if body.max_tokens == 0:
+        raise BadRequest("max_tokens 0 needs echo: true (scoring the prompt)", param="max_tokens")
+    return await _generate(request, service, body, prompts, body.max_tokens, chat=False, logprobs=body.logprobs)
 
 
-async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) -> Response:
+def _generate_handles(service, body, prompts, max_tokens, logprobs) -> tuple[Any, Any, list[GenerationHandle]]:
+    """(the request's RequestSpec, its sorted fields (what was ignored), its queued handles: n per
+    prompt, prompt-major)."""
     loop = asyncio.get_running_loop()
     sequences = len(prompts) * body.n
     if sequences > service.scheduler.max_queue_size:  # a 429 would tell the client to retry forever
@@ -119,12 +128,20 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
                 stop=body.stop,
                 loop=loop,
                 ignore_eos=body.ignore_eos,
+                logprobs=logprobs,
             )
             handles.extend(hs)
     except APIError:
         for h in handles:
             service.scheduler.cancel(h)
         raise
+    return spec, sorted_fields, handles
+
+
+async def _generate(request, service, body, prompts, max_tokens, *, chat: bool, logprobs: int | None = None) -> Response:
+    if logprobs is not None and body.stream:
+        raise BadRequest("logprobs are not supported with stream: true", param="logprobs")
+    spec, sorted_fields, handles = _generate_handles(service, body, prompts, max_tokens, logprobs)
     meta = {
         "id": ("chatcmpl-" if chat else "cmpl-") + response_id(request),
         "created": int(time.time()),
@@ -157,18 +174,23 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
     usage = _usage(prompt_tokens, handles)
     _record(request, service, handles, usage)
     choices = []
+    tok = service.model.tokenizer
     for i, (h, text) in enumerate(zip(handles, texts)):
+        lp: dict[str, Any] | None = None
+        if logprobs is not None:
+            ids, entries = h.tracker.output_ids, h.tracker.output_logprobs
+            lp = chat_logprobs(tok, ids, entries) if chat else completion_logprobs(tok, ids, entries)
         if chat:
             choices.append(
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": h.tracker.finish_reason,
-                    "logprobs": None,
+                    "logprobs": lp,
                 }
             )
         else:
-            choices.append({"index": i, "text": text, "finish_reason": h.tracker.finish_reason, "logprobs": None})
+            choices.append({"index": i, "text": text, "finish_reason": h.tracker.finish_reason, "logprobs": lp})
         if body.return_token_ids:
             choices[-1].update(token_ids_fields(h, chat))
     obj = "chat.completion" if chat else "text_completion"
@@ -176,12 +198,6 @@ async def _generate(request, service, body, prompts, max_tokens, *, chat: bool) 
     if body.return_token_ids and chat:
         out["prompt_token_ids"] = prompts[0]
     return JSONResponse(out, headers=ignored_header(sorted_fields))
-
-
-def response_id(request: Request) -> str:
-    """The request id (the client's X-Request-Id, or the one the server minted): the
-    response `id` carries it, as vLLM's does, so logs and responses join on one key."""
-    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
 
 def token_ids_fields(handle: GenerationHandle, chat: bool) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from dserve.protocol import (
     GenerateBatchRequest,
     GenerateRequest,
 )
-from dserve.routes import docs, jobs, ops, tokens
+from dserve.routes import docs, jobs, loglikelihood, ops, tokens
 from dserve.routes import openai as openai_routes
 from dserve.routes.api_route import ApiRoute
+from dserve.scoring.protocol import LoglikelihoodRequest, LoglikelihoodResponse
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 GENERATION_ERRORS = ("400", "401", "404", "408", "413", "429", "503", "504")
@@ -76,6 +77,15 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
             CompletionResponse,
             errors=GENERATION_ERRORS,
             stream=True,
+        ),
+        ApiRoute(
+            "/v1/loglikelihood",
+            loglikelihood.loglikelihood,
+            ("POST",),
+            "Log-likelihood of continuations given a context (docs/eval.md)",
+            LoglikelihoodRequest,
+            LoglikelihoodResponse,
+            errors=GENERATION_ERRORS,
         ),
         ApiRoute(
             "/v1/generate",

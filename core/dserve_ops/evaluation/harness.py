@@ -110,6 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress on stderr (default: a bar on a terminal, a line per tenth otherwise)",
     )
     parser.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if any algorithm scores below this")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="also plot accuracy against forward passes per token, one point per algorithm (needs dserve[plot])",
+    )
 
 
 def parse_algorithm(spec: str | None) -> dict[str, str]:
@@ -397,6 +404,12 @@ async def _main(args: argparse.Namespace) -> int:
     algorithms = args.algorithm or [None]
     for a in algorithms:
         parse_algorithm(a)  # fail early on a malformed spec
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked before the run, not after it)
+        except ImportError:
+            print("dserve eval --plot needs matplotlib: pip install 'dserve[plot]'", file=sys.stderr)
+            return 2
     try:
         model = await wait_for_model(args.url, args.api_key, args.ready_timeout)
     except ModelLoadFailed as exc:
@@ -467,6 +480,11 @@ async def _main(args: argparse.Namespace) -> int:
         print(format_table(results))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        from dserve_ops.evaluation.plot import plot_accuracy_vs_nfe
+
+        plotted = plot_accuracy_vs_nfe(results, args.plot, title=f"{model}: {len(examples)} held-out examples")
+        print(f"wrote {args.plot} ({plotted} algorithms)", file=sys.stderr)
     status = 0
     if args.min_accuracy is not None:
         low = [r["algorithm"] for r in results if r["accuracy"] < args.min_accuracy]

@@ -53,6 +53,7 @@ from torch import nn
 
 from dserve.batch import Row
 from dserve.engine import CachedRunner, StepResult
+from dserve.logprobs import TokenLogprob, token_logprobs
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
 from dserve_dinfer.params import CreditParams, DInferParams, HierarchyParams, SoftParams
@@ -84,6 +85,7 @@ class _State:
     embeds: torch.Tensor | None = None  # soft: [canvas, d] model input embeddings
     finished: bool = False
     committed: list[tuple[int, int]] = field(default_factory=list)  # this step, canvas positions
+    logprobs: dict[int, TokenLogprob | None] = field(default_factory=dict)  # this step, by canvas position (when asked)
     nfe: int = 0  # this step
     forwards: list | None = None  # trace when record_forwards: [input length, [a, b] or None, uses the cache]
 
@@ -116,6 +118,7 @@ class DInferRunner(CachedRunner):
     soft = False
     # each forward's logits are decoded before the next forward, and nothing keeps them
     graphable = True
+    reports_logprobs = True
     record_forwards = False  # tests: keep a per-sequence trace of forwards
 
     # ---- admission / release ----------------------------------------------------------------
@@ -154,6 +157,7 @@ class DInferRunner(CachedRunner):
         stepped = {s.seq_id for s in seqs}
         for seq in seqs:
             seq.engine_state.committed = []
+            seq.engine_state.logprobs = {}
             seq.engine_state.nfe = 0
         plans = {seq.seq_id: self._plan(seq) for seq in seqs}
 
@@ -179,7 +183,10 @@ class DInferRunner(CachedRunner):
                 if st.unroll_left == 0:
                     self._next_unroll(st, _params(seq))
             committed = sorted((pos - st.prompt_len, tok) for pos, tok in st.committed if pos >= st.prompt_len)
-            results.append(StepResult(seq, committed, st.finished, nfe=st.nfe if seq.seq_id in stepped else 0))
+            # tokens filled after an early stop were never predicted: no log-probability (null)
+            logprobs = None if seq.logprobs is None else [st.logprobs.get(o + st.prompt_len) for o, _ in committed]
+            nfe = st.nfe if seq.seq_id in stepped else 0
+            results.append(StepResult(seq, committed, st.finished, nfe=nfe, logprobs=logprobs))
         return results
 
     # ---- the iteration manager --------------------------------------------------------------
@@ -291,8 +298,11 @@ class DInferRunner(CachedRunner):
             new[slot] = tok
             progressed[slot] = True
         st.canvas[s:e] = new
-        for i in progressed.nonzero().flatten().tolist():
+        slots = progressed.nonzero().flatten()
+        for i in slots.tolist():
             st.committed.append((s + i, int(new[i])))
+        if seq.logprobs is not None:  # the model's distribution, before the rule's adjustments
+            st.logprobs.update(zip((s + slots).tolist(), token_logprobs(logits[slots], new[slots], seq.logprobs)))
 
     # ---- forwards ---------------------------------------------------------------------------
 

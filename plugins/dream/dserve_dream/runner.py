@@ -30,6 +30,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
+from dserve.logprobs import token_logprobs
 from dserve.sampling import make_generator, request_seed
 from dserve.sequence import Sequence
 from dserve_dream.params import DreamParams
@@ -75,6 +76,7 @@ def _params(seq: Sequence) -> DreamParams:
 
 class DreamRunner(AlgorithmRunner):
     graphable = True
+    reports_logprobs = True
     random_positions = False  # origin: positions drawn at random instead of ranked
     confidence: str | None = None  # which confidence ranks positions (None: top-1 probability)
 
@@ -103,12 +105,16 @@ class DreamRunner(AlgorithmRunner):
         for seq in seqs:
             st: _State = seq.engine_state
             committed: list[tuple[int, int]] = []
+            logprobs = None
             if seq.seq_id in logits:
                 committed = self._commit(seq, plans[seq.seq_id], logits[seq.seq_id])
+                if seq.logprobs is not None and committed:
+                    offsets, tokens = zip(*committed)
+                    logprobs = token_logprobs(logits[seq.seq_id][list(offsets)], torch.tensor(tokens), seq.logprobs)
             st.masked -= len(committed)
             st.step += 1
             finished = st.step >= st.steps or st.masked == 0
-            results.append(StepResult(seq, committed, finished, nfe=int(seq.seq_id in logits)))
+            results.append(StepResult(seq, committed, finished, nfe=int(seq.seq_id in logits), logprobs=logprobs))
         return results
 
     # ---- the schedule ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 
 from dserve.batch import Row, to_device
 from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
+from dserve.logprobs import committed_logprobs
 from dserve.sampling import make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
 from dserve_fastdllm.params import APDParams, FastDLLMParams
@@ -67,6 +68,7 @@ class BasicRunner(AlgorithmRunner):
     """`basic`: every step forwards every full canvas (no cache)."""
 
     graphable = True
+    reports_logprobs = True
 
     def init_state(self, seq: Sequence) -> _State:
         p = _params(seq)
@@ -127,6 +129,7 @@ class BasicRunner(AlgorithmRunner):
 
         # one host sync for the whole batch
         picked = torch.cat(picks, dim=1).tolist()
+        block_logits = {s.seq_id: lg for seqs, logits in groups for s, lg in zip(seqs, logits)}
         results, col = [], 0
         for seq, stride in order:
             st = seq.engine_state
@@ -141,7 +144,8 @@ class BasicRunner(AlgorithmRunner):
                 st.block += 1
                 st.step_in_block = 0
                 st.masks_left = st.block_length
-            results.append(StepResult(seq, committed, finished=st.block >= st.num_blocks, nfe=1))
+            logprobs = committed_logprobs(seq.logprobs, committed, block_logits[seq.seq_id], offset)
+            results.append(StepResult(seq, committed, finished=st.block >= st.num_blocks, nfe=1, logprobs=logprobs))
         return results
 
     @staticmethod

@@ -24,6 +24,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import AlgorithmRunner, StepResult
+from dserve.logprobs import token_logprobs
 from dserve.sampling import gumbel_argmax, make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
 from dserve_llada.params import ReferenceParams
@@ -51,6 +52,7 @@ def _params(seq: Sequence) -> ReferenceParams:
 
 class ReferenceRunner(AlgorithmRunner):
     graphable = True
+    reports_logprobs = True
 
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
@@ -101,6 +103,7 @@ class ReferenceRunner(AlgorithmRunner):
         k = st.schedule[st.step_in_block]
 
         committed: list[tuple[int, int]] = []
+        logprobs = None
         if k > 0:
             logits = block_logits[: end - start]
             x0 = gumbel_argmax(logits, p.temperature, st.generator)
@@ -112,10 +115,12 @@ class ReferenceRunner(AlgorithmRunner):
             picked = torch.sort(conf, descending=True, stable=True).indices[:k]
             block[picked] = x0[picked]
             committed = list(zip((picked + start - seq.prompt_len).tolist(), x0[picked].tolist()))
+            if seq.logprobs is not None:
+                logprobs = token_logprobs(logits[picked], x0[picked], seq.logprobs)
 
         st.step_in_block += 1
         if st.step_in_block == st.steps_per_block:
             st.block += 1
             st.step_in_block = 0
         finished = st.block * p.block_length >= seq.gen_length
-        return StepResult(seq, committed, finished, nfe=1)
+        return StepResult(seq, committed, finished, nfe=1, logprobs=logprobs)

@@ -15,6 +15,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import StepResult
+from dserve.logprobs import token_logprobs
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
 from dserve_nemotron.runner_base import NemotronRunner, over_cache, sample
@@ -30,6 +31,8 @@ class _State:
 
 
 class AutoregressiveRunner(NemotronRunner):
+    reports_logprobs = True
+
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
@@ -61,5 +64,6 @@ class AutoregressiveRunner(NemotronRunner):
             offset = st.generated
             st.generated += 1
             finished = self.is_stop(seq, t) or st.generated >= seq.gen_length
-            results.append(StepResult(seq, [(offset, t)], finished=finished, nfe=1))
+            logprobs = None if seq.logprobs is None else token_logprobs(logits[seq.seq_id][None], token.reshape(1), seq.logprobs)
+            results.append(StepResult(seq, [(offset, t)], finished=finished, nfe=1, logprobs=logprobs))
         return results

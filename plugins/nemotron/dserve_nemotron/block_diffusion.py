@@ -31,6 +31,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import StepResult
+from dserve.logprobs import committed_logprobs
 from dserve.sampling import make_generator, split_steps
 from dserve.sequence import Sequence
 from dserve_nemotron.params import BlockDiffusionParams
@@ -62,6 +63,8 @@ class _State:
 
 
 class BlockDiffusionRunner(NemotronRunner):
+    reports_logprobs = True
+
     def init_state(self, seq: Sequence) -> _State:
         p = cast(BlockDiffusionParams, seq.params)  # block_diffusion sequences carry BlockDiffusionParams
         device = self.model.device
@@ -118,7 +121,9 @@ class BlockDiffusionRunner(NemotronRunner):
         token = int(sample(last_logits, seq.params.temperature, st.generator))
         st.canvas[s] = token
         # the published loop would still denoise this block, but its output ends at this EOS
-        return StepResult(seq, [(s - st.prompt_len, token)], finished=self.is_stop(seq, token), nfe=1)
+        committed = [(s - st.prompt_len, token)]
+        logprobs = committed_logprobs(seq.logprobs, committed, last_logits[None], s - st.prompt_len)
+        return StepResult(seq, committed, finished=self.is_stop(seq, token), nfe=1, logprobs=logprobs)
 
     def _denoise(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         st: _State = seq.engine_state
@@ -148,10 +153,12 @@ class BlockDiffusionRunner(NemotronRunner):
         stop_at = next((j for j, t in enumerate(tokens) if self.is_stop(seq, t)), None)
         eos_closes = stop_at is not None and mask_id not in tokens[:stop_at]
         if masks_left and not eos_closes and st.step_in_block < st.steps_per_block:
-            return StepResult(seq, committed, finished=False, nfe=1)
+            logprobs = committed_logprobs(seq.logprobs, committed, block_logits, s - st.prompt_len)
+            return StepResult(seq, committed, finished=False, nfe=1, logprobs=logprobs)
 
         # the block is final: masks the step budget left stay mask tokens, as published
         committed += [(s - st.prompt_len + j, t) for j, t in enumerate(tokens) if t == mask_id]
         finished = stop_at is not None or st.block + 1 >= st.num_blocks
         st.phase = ENCODE
-        return StepResult(seq, committed, finished=finished, nfe=1)
+        logprobs = committed_logprobs(seq.logprobs, committed, block_logits, s - st.prompt_len)
+        return StepResult(seq, committed, finished=finished, nfe=1, logprobs=logprobs)

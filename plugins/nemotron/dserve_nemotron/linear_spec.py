@@ -23,6 +23,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import StepResult
+from dserve.logprobs import committed_logprobs
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
 from dserve_nemotron.params import LinearSpecParams
@@ -42,6 +43,8 @@ class _State:
 
 
 class LinearSpecRunner(NemotronRunner):
+    reports_logprobs = True
+
     def init_state(self, seq: Sequence) -> _State:
         device = self.model.device
         prompt = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
@@ -64,7 +67,7 @@ class LinearSpecRunner(NemotronRunner):
         )
         for seq, logits in zip(fresh, prefill):
             results[seq.seq_id] = self._emit(
-                seq, [int(sample(logits[-1], seq.params.temperature, seq.engine_state.generator))], nfe=1
+                seq, [int(sample(logits[-1], seq.params.temperature, seq.engine_state.generator))], nfe=1, logits=logits[-1:]
             )
         if rounds:
             blocks = [self._draft_block(s) for s in rounds]
@@ -102,9 +105,11 @@ class LinearSpecRunner(NemotronRunner):
         accepted = 1
         while accepted < len(drafted) and ar[accepted - 1] == drafted[accepted]:
             accepted += 1
-        return self._emit(seq, ar[:accepted], nfe=2)
+        return self._emit(seq, ar[:accepted], nfe=2, logits=logits)
 
-    def _emit(self, seq: Sequence, tokens: list[int], nfe: int) -> StepResult:
+    def _emit(self, seq: Sequence, tokens: list[int], nfe: int, logits: torch.Tensor) -> StepResult:
+        """Commit `tokens`, each predicted by the same row of `logits` (the verify pass's causal
+        rows, or the prefill's last row)."""
         st: _State = seq.engine_state
         stop = next((i for i, t in enumerate(tokens) if self.is_stop(seq, t)), None)
         if stop is not None:
@@ -114,4 +119,5 @@ class LinearSpecRunner(NemotronRunner):
         st.generated += len(tokens)
         st.seed = tokens[-1]
         finished = stop is not None or st.generated >= seq.gen_length
-        return StepResult(seq, committed, finished=finished, nfe=nfe)
+        logprobs = committed_logprobs(seq.logprobs, committed, logits, committed[0][0] if committed else 0)
+        return StepResult(seq, committed, finished=finished, nfe=nfe, logprobs=logprobs)
