@@ -239,6 +239,7 @@ class GenerationService:
         stop: list[str],
         loop: asyncio.AbstractEventLoop,
         ignore_eos: bool = False,
+        stream_canvas: bool = False,
     ) -> list[GenerationHandle]:
         """Queue `n` sequences of one prompt, decoded as `spec` (from `resolve`) says."""
         params = spec.params
@@ -261,7 +262,7 @@ class GenerationService:
             )
             stop_ids = () if ignore_eos else self.model.info.stop_ids
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
-            handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))
+            handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline, stream_canvas=stream_canvas))
         if self.scheduler is None:  # check_model() said loading already; a plugin route may not have asked
             raise Unavailable("the model is still loading", code="model_loading")
         self.scheduler.submit(handles)
@@ -284,5 +285,5 @@ async def collect_text(handle: GenerationHandle) -> str:
             parts.append(event.text)
         elif event.kind == "error":
             raise event.error or APIError("generation failed")
-        else:
+        elif event.kind == "done":
             return "".join(parts)
