@@ -31,10 +31,27 @@ else
   "$PYTHON" -m pip install --progress-bar on --index-url "$index" "torch==$TORCH_VERSION"
 fi
 
+# The playground's browser test (tests/e2e/test_playground.py) drives the distribution's headless
+# Chromium with Selenium (a test tool's own browser download would need the open internet). Only
+# with --test, only as root where apt-get exists; elsewhere the test is skipped and says why.
+install_chromium() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    echo "install.sh: chromium and chromedriver already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install.sh: chromium and chromium-driver from apt-get (the playground's browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+      echo "install.sh: apt-get could not install chromium; tests/e2e/test_playground.py will be skipped"
+    fi
+  else
+    echo "install.sh: not root or no apt-get: chromium not installed; tests/e2e/test_playground.py will be skipped"
+  fi
+}
+
 packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron)
 if [ "${1:-}" = "--test" ]; then
   echo "install.sh: dserve, its plugins and the test tools (pinned by constraints/test.txt)"
   "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[test]" "${packages[@]}"
+  install_chromium
 else
   echo "install.sh: dserve and its plugins"
   "$PYTHON" -m pip install --progress-bar on -e . "${packages[@]}"
