@@ -50,7 +50,8 @@
   async function loadServer() {
     const response = await fetch("/generation/algorithms", { headers: headers() });
     if (response.status === 401) {
-      $("model").textContent = "This server needs an API key: type it above.";
+      const why = apiKey() ? ` (${await errorMessage(response)})` : "";
+      $("model").textContent = `This server needs an API key: type it above.${why}`;
       $("api-key").focus();
       $("run").disabled = true;
       return;
