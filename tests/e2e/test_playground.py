@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,6 +46,8 @@ def browser():
     """A factory of headless Chromium sessions (window width x height), all quit at the end."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
+        # a warning too: pytest's summary shows warnings by default, skip reasons only with -rs
+        warnings.warn(f"the playground's browser tests are skipped: {', '.join(missing)} not installed", stacklevel=1)
         pytest.skip(
             f"{', '.join(missing)} not installed: scripts/install.sh --test installs Debian's chromium and chromium-driver (needs root and apt-get)"
         )
