@@ -32,6 +32,22 @@ else
   "$PYTHON" -m pip install --progress-bar on --index-url "$index" "torch==$TORCH_VERSION"
 fi
 
+# The playground's browser test (tests/e2e/test_playground.py) drives the distribution's headless
+# Chromium with Selenium (a test tool's own browser download would need the open internet). Only
+# with --test, only as root where apt-get exists; elsewhere the test is skipped and says why.
+install_chromium() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    echo "install.sh: chromium and chromedriver already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install.sh: chromium and chromium-driver from apt-get (the playground's browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+      echo "install.sh: apt-get could not install chromium; tests/e2e/test_playground.py will be skipped"
+    fi
+  else
+    echo "install.sh: not root or no apt-get: chromium not installed; tests/e2e/test_playground.py will be skipped"
+  fi
+}
+
 packages=(-e plugins/llada -e plugins/fastdllm -e plugins/dinfer -e plugins/dream -e plugins/nemotron -e plugins/llada2)
 if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--test-all" ]; then
   extras=test,plot
@@ -39,6 +55,7 @@ if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--test-all" ]; then
   [ "$1" = "--test-all" ] && extras=$extras,lm-eval
   echo "install.sh: dserve, its plugins and the test tools [$extras] (pinned by constraints/test.txt)"
   "$PYTHON" -m pip install --progress-bar on -c constraints/test.txt -e ".[$extras]" "${packages[@]}"
+  install_chromium
 else
   echo "install.sh: dserve and its plugins"
   "$PYTHON" -m pip install --progress-bar on -e . "${packages[@]}"

@@ -42,6 +42,11 @@ class DecodingParams(BaseModel):
         """The canvas is whole blocks: max_tokens rounded up (the output is cut back)."""
         return -(-max_tokens // self.block_length) * self.block_length
 
+    def block_starts(self, prompt_len: int, gen_length: int) -> list[int]:
+        """Where the canvas's blocks start, as offsets after the prompt (the first is 0): what
+        a canvas stream (`stream_canvas`) reports. An algorithm with another layout overrides it."""
+        return list(range(0, gen_length, self.block_length))
+
 
 class ParamError(ValueError):
     """A decoding parameter is invalid; `param` names it for the OpenAI error object."""

@@ -66,6 +66,11 @@ class _GenerationRequest(DiffusionFields):  # type: ignore[misc,valid-type]
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    stream_canvas: bool = Field(
+        False,
+        description="with stream: also send, per denoising step, the positions it committed (a `canvas` "
+        "object on chunks with an empty delta; dserve extension, docs/api.md)",
+    )
     user: str | None = None
     ignore_eos: bool = Field(False, description="generate all max_tokens, past EOS / end-of-turn (benchmarks; vLLM's field)")
     return_token_ids: bool = Field(False, description="add the prompt's and each choice's token ids (vLLM's field)")

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from dserve.canvas import CanvasStep, canvas_step
 from dserve.engine import AlgorithmRunner, StepResult
 from dserve.errors import APIError, Overloaded, RequestTimeout, Unavailable
 from dserve.output import OutputTracker
@@ -31,9 +32,10 @@ RunnerKey = tuple[str, str]  # (engine, algorithm): RequestSpec.runner_key
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "delta" | "done" | "error"
+    kind: str  # "delta" | "canvas" | "done" | "error"
     text: str = ""
     error: APIError | None = None
+    canvas: CanvasStep | None = None  # kind "canvas": what one step committed (stream_canvas)
 
 
 @dataclass(eq=False)
@@ -48,6 +50,8 @@ class GenerationHandle:
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     nfe: int = 0
+    steps: int = 0  # denoising steps the sequence took part in
+    stream_canvas: bool = False  # emit a "canvas" event per step (the request's stream_canvas)
     cancelled: bool = False
     done: bool = False
 
@@ -380,6 +384,10 @@ class Scheduler:
         if handle is None:
             return
         handle.nfe += result.nfe
+        handle.steps += 1
+        if handle.stream_canvas:
+            step = canvas_step(handle.seq, handle.tracker, result.committed, handle.steps, handle.nfe)
+            handle._emit(Event("canvas", canvas=step))
         delta = handle.tracker.apply(result.committed, result.logprobs)
         if result.finished and not handle.tracker.finished:
             delta += handle.tracker.canvas_complete()

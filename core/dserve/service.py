@@ -274,6 +274,7 @@ class GenerationService:
         loop: asyncio.AbstractEventLoop,
         ignore_eos: bool = False,
         logprobs: int | None = None,
+        stream_canvas: bool = False,
     ) -> list[GenerationHandle]:
         """Queue `n` sequences of one prompt, decoded as `spec` (from `resolve`) says; with
         `logprobs`, each committed token's log-probability and that many alternatives."""
@@ -304,7 +305,7 @@ class GenerationService:
             seq.logprobs = logprobs
             stop_ids = () if ignore_eos else self.model.info.stop_ids
             tracker = OutputTracker(self.model.tokenizer, seq.gen_length, max_tokens, stop_ids, stop)
-            handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline))
+            handles.append(GenerationHandle(seq, tracker, loop, deadline=deadline, stream_canvas=stream_canvas))
         if self.scheduler is None:  # check_model() said loading already; a plugin route may not have asked
             raise Unavailable("the model is still loading", code="model_loading")
         self.scheduler.submit(handles)
@@ -327,5 +328,5 @@ async def collect_text(handle: GenerationHandle) -> str:
             parts.append(event.text)
         elif event.kind == "error":
             raise event.error or APIError("generation failed")
-        else:
+        elif event.kind == "done":
             return "".join(parts)

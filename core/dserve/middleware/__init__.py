@@ -31,6 +31,7 @@ __all__ = [
     "BodySizeLimitMiddleware",
     "Metrics",
     "MetricsMiddleware",
+    "PLAYGROUND_PATHS",
     "PROBE_PATHS",
     "RateLimitMiddleware",
     "RequestBodyTimeout",
@@ -44,6 +45,9 @@ __all__ = [
 
 PROBE_PATHS: frozenset[str] = frozenset({"/health", "/health/live", "/health/ready"})
 METRICS_PATH = "/metrics"
+# The playground's static files (routes/playground.py): a browser cannot send a Bearer header
+# when it opens a page, so the page is public; every request it makes sends the key it is given.
+PLAYGROUND_PATHS: frozenset[str] = frozenset({"/playground", "/playground/playground.js", "/playground/playground.css"})
 
 # Response headers a browser page may read on cross-origin responses.
 CORS_EXPOSE_HEADERS = [
@@ -109,7 +113,7 @@ def build_middleware(
     if max_body_bytes or body_read_timeout:
         stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes or None, read_timeout=body_read_timeout))
     if api_keys:
-        exempt = set(PROBE_PATHS)
+        exempt = set(PROBE_PATHS | PLAYGROUND_PATHS)
         if not metrics_require_key:
             exempt.add(METRICS_PATH)
         stack.append(Middleware(ApiKeyMiddleware, api_keys=list(api_keys), exempt_paths=exempt))

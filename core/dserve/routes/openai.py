@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from dserve.canvas import TokenTexts, canvas_object
 from dserve.errors import APIError, BadRequest, NotFound
 from dserve.middleware.metrics import STREAM_ERROR_STATUS
 from dserve.modeling.tokenizer import chat_prompt_ids, completion_prompt_ids
@@ -115,6 +116,8 @@ def _generate_handles(service, body, prompts, max_tokens, logprobs) -> tuple[Any
             param="n",
             code="too_many_generations",
         )
+    if body.stream_canvas and not body.stream:
+        raise BadRequest("stream_canvas needs stream: true", param="stream_canvas")
     handles: list[GenerationHandle] = []
     spec, sorted_fields = service.resolve_body(body)  # once per request
     try:
@@ -129,6 +132,7 @@ def _generate_handles(service, body, prompts, max_tokens, logprobs) -> tuple[Any
                 loop=loop,
                 ignore_eos=body.ignore_eos,
                 logprobs=logprobs,
+                stream_canvas=body.stream_canvas,
             )
             handles.extend(hs)
     except APIError:
@@ -257,10 +261,11 @@ async def _stream(request, service, handles, meta, chat, include_usage, prompt_t
         while True:
             event = await handle.events.get()
             await queue.put((index, event))
-            if event.kind != "delta":
+            if event.kind not in ("delta", "canvas"):
                 return
 
     pumps = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    texts: TokenTexts | None = None  # token id -> text, for canvas chunks
     try:
         if chat:
             for i in range(len(handles)):
@@ -273,6 +278,10 @@ async def _stream(request, service, handles, meta, chat, include_usage, prompt_t
             index, event = await queue.get()
             if event.kind == "delta":
                 yield _sse(chunk(index, event.text, None))
+            elif event.kind == "canvas" and event.canvas is not None:
+                if texts is None:
+                    texts = TokenTexts(service.model.tokenizer)
+                yield _sse({**chunk(index, None if chat else "", None), "canvas": canvas_object(event.canvas, texts)})
             elif event.kind == "error":
                 err = event.error or APIError("generation failed")
                 request.scope.setdefault("state", {})[STREAM_ERROR_STATUS] = err.status  # a failure in /metrics

@@ -17,7 +17,7 @@ from dserve.protocol import (
     GenerateBatchRequest,
     GenerateRequest,
 )
-from dserve.routes import docs, jobs, loglikelihood, ops, tokens
+from dserve.routes import docs, jobs, loglikelihood, ops, playground, tokens
 from dserve.routes import openai as openai_routes
 from dserve.routes.api_route import ApiRoute
 from dserve.scoring.protocol import LoglikelihoodRequest, LoglikelihoodResponse
@@ -141,6 +141,18 @@ def server_routes(*, metrics: bool) -> list[ApiRoute]:
             media_type="text/plain",
             errors=("401", "404", "429"),
         ),
+    ]
+    routes += [
+        ApiRoute(
+            path,
+            playground.playground,
+            summary="The playground page (docs/playground.md): public, its API calls send the key"
+            if path == "/playground"
+            else "A static file of the playground page",
+            response={"type": "string"},
+            media_type=playground.MEDIA_TYPES[path],
+        )
+        for path in playground.PATHS
     ]
     if metrics:
         routes.append(

@@ -44,6 +44,13 @@ class DInferParams(DecodingParams):
         False, description="blocks at absolute multiples of block_length (the first overlaps the prompt), as dInfer's benchmarks"
     )
 
+    def block_starts(self, prompt_len: int, gen_length: int) -> list[int]:
+        if not self.start_block_align:
+            return super().block_starts(prompt_len, gen_length)
+        # blocks at absolute multiples of block_length: the first one holds the prompt's tail
+        first = prompt_len // self.block_length * self.block_length
+        return [max(0, s - prompt_len) for s in range(first, prompt_len + gen_length, self.block_length)]
+
     @property
     def vicinity(self) -> bool:
         """Vicinity refresh (VicinityCacheDiffusionLLM) rather than plain block-start refresh."""

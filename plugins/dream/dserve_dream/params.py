@@ -36,5 +36,8 @@ class DreamParams(DecodingParams):
     def gen_length(self, max_tokens: int) -> int:
         return max_tokens  # no blocks
 
+    def block_starts(self, prompt_len: int, gen_length: int) -> list[int]:
+        return [0]  # one canvas, no blocks
+
     def total_steps(self, gen_length: int) -> int:
         return self.steps if self.steps is not None else gen_length

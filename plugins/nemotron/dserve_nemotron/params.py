@@ -45,6 +45,9 @@ class AutoregressiveParams(DecodingParams):
     def gen_length(self, max_tokens: int) -> int:
         return max_tokens  # no blocks: exactly max_tokens slots
 
+    def block_starts(self, prompt_len: int, gen_length: int) -> list[int]:
+        return [0]
+
 
 class LinearSpecParams(DecodingParams):
     """Self-speculative decoding: each round drafts a block bidirectionally (the last accepted
@@ -60,3 +63,6 @@ class LinearSpecParams(DecodingParams):
 
     def gen_length(self, max_tokens: int) -> int:
         return max_tokens  # accepted runs are cut at max_tokens
+
+    def block_starts(self, prompt_len: int, gen_length: int) -> list[int]:
+        return [0]  # drafts follow the last accepted token, not fixed blocks
