@@ -64,7 +64,15 @@ class Cell:
     ms_per_step: float | None = None
     steps: int | None = None
     peak_memory_gib: float | None = None
+    floor_ms_per_step: float | None = None  # GEMMs alone of the same forwards (benchmarks/roofline.py)
+    floor_precision: str | None = None
+    warmup_s: float | None = None  # the warm-up run (with --compile: compilation included)
+    timed_s: float | None = None
     note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ms_per_step / self.floor_ms_per_step if self.ms_per_step and self.floor_ms_per_step else None
 
 
 def _sync() -> None:
@@ -72,18 +80,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], int] | None = None) -> Cell:
+def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], int] | None = None, floor=None) -> Cell:
     """Warm up once (`warm_up`, by default `run` itself), then time one run; `run` returns the
-    number of steps it took."""
+    number of steps it took. `floor` (a roofline.StepFloor): record the timed run's forwards and
+    price their GEMMs (after the timing)."""
+    import contextlib
+
     try:
+        t0 = time.perf_counter()
         (warm_up or run)()
         _sync()
+        cell.warmup_s = time.perf_counter() - t0
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        steps = run()
-        _sync()
-        seconds = time.perf_counter() - t0
+        with floor.recording() if floor is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            steps = run()
+            _sync()
+            seconds = time.perf_counter() - t0
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         cell.note = "out of memory"
@@ -93,9 +107,15 @@ def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], 
         return cell
     cell.tokens_per_s = cell.batch * gen / seconds
     cell.steps = steps
+    cell.timed_s = seconds
     cell.ms_per_step = 1000 * seconds / max(steps, 1)
     if torch.cuda.is_available():
         cell.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+    if floor is not None and floor.forwards:
+        try:
+            (cell.floor_precision, cell.floor_ms_per_step), *_ = floor.per_step(steps).items()
+        except Exception as exc:  # noqa: BLE001 - the cell's own timing stands without its floor
+            cell.note = f"floor failed: {type(exc).__name__}: {str(exc)[:120]}"
     return cell
 
 
@@ -104,7 +124,10 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
 
-    params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
+    values = {"steps": gen // k, "block_length": block, "temperature": 0.0}
+    if REFRESH_EVERY != 1 and "refresh_every" in alg.load_params().model_fields:
+        values["refresh_every"] = REFRESH_EVERY  # fastdllm's loops; the others have no such option
+    params = resolve_params(alg.load_params(), values)
     runner_cls = alg.load_runner()
     model = model_for_runner(model, runner_cls, enforce_eager=EAGER)
 
@@ -286,11 +309,12 @@ class PublishedDInfer:
 
 
 EAGER = False
+REFRESH_EVERY = 1
 PUBLISHED = ["llada/generate", "fastdllm/generate", "fastdllm/prefix_cache", "fastdllm/dual_cache"]
 
 
 def format_table(cells: list[Cell]) -> str:
-    rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "steps", "peak GiB", "note")]
+    rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "floor ms", "ratio", "steps", "peak GiB", "warm-up s", "note")]
     for c in cells:
         f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
         rows.append(
@@ -300,8 +324,11 @@ def format_table(cells: list[Cell]) -> str:
                 str(c.tokens_per_step),
                 f(c.tokens_per_s, ".1f"),
                 f(c.ms_per_step, ".2f"),
+                f(c.floor_ms_per_step, ".2f") + (f" {c.floor_precision}" if c.floor_precision else ""),
+                f(c.ratio, ".2f"),
                 f(c.steps, "d"),
                 f(c.peak_memory_gib, ".1f"),
+                f(c.warmup_s, ".1f"),
                 c.note,
             )
         )
@@ -333,7 +360,29 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--quantization", choices=["8bit", "4bit"], help="weight-only quantized linear layers (torchao)")
+    p.add_argument(
+        "--quantization",
+        choices=["8bit", "4bit", "fp8"],
+        help="8bit/4bit: weight-only quantized linear layers (torchao); fp8: e4m3 weights and activations",
+    )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the GEMM floor (benchmarks/roofline.py) of each cell's forwards (measured by default, "
+        "in this process, after each cell; bf16, or fp8 with --quantization fp8)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's forward (as `dserve --compile`); compilation falls in each cell's "
+        "warm-up run, reported apart (warm-up s) from the timed run",
+    )
+    p.add_argument(
+        "--refresh-every",
+        type=int,
+        default=1,
+        help="fastdllm prefix/dual cache: a full-canvas refresh every N blocks (1 = the published schedule)",
+    )
     args = p.parse_args(argv)
     global EAGER
     EAGER = args.enforce_eager
@@ -345,6 +394,16 @@ def main(argv=None) -> int:
         from dserve.modeling.quantization import quantize_weights
 
         quantize_weights(model, args.quantization)
+    if args.compile:
+        # as dserve.loader.apply_speed_settings does for `dserve --compile`
+        model.forward = torch.compile(model.forward, dynamic=True)
+    global REFRESH_EVERY
+    REFRESH_EVERY = args.refresh_every
+    floor = None
+    if not args.no_floor:
+        from roofline import StepFloor, dims_from_config
+
+        floor = StepFloor(dims_from_config(shape), args.device, ("fp8",) if args.quantization == "fp8" else ("bf16",))
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
@@ -357,7 +416,9 @@ def main(argv=None) -> int:
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
-        f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''} on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
+        f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''}"
+        f"{' compiled' if args.compile else ''}{f' refresh_every {args.refresh_every}' if args.refresh_every != 1 else ''}"
+        f" on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
         flush=True,
     )
     cells = []
@@ -369,6 +430,7 @@ def main(argv=None) -> int:
                     Cell(f"{engine.name}/{alg.name}", batch, k),
                     ours(model, engine, alg, prompts, args.gen, args.block, k),
                     args.gen,
+                    floor=floor,
                 )
                 cells.append(cell)
                 print(format_table([cell]).splitlines()[1], flush=True)
