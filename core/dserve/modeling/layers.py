@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dserve.modeling.fp8 import Fp8Weight, linear
 from dserve.modeling.kv_cache import LayerCache
 
 
@@ -86,10 +87,12 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, gate_up: torch.Tensor | None = None) -> torch.Tensor:
+def swiglu(
+    x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, gate_up: torch.Tensor | Fp8Weight | None = None
+) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)); with `gate_up` (gate and up fused by
     dserve.modeling.fused.fuse_linears) the two projections are one GEMM."""
     if gate_up is None:
         return down(F.silu(gate(x)) * up(x))
-    g, u = F.linear(x, gate_up).chunk(2, dim=-1)
+    g, u = linear(x, gate_up).chunk(2, dim=-1)
     return down(F.silu(g) * u)

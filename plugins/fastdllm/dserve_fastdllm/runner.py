@@ -217,13 +217,29 @@ class _CachedRunner(BasicRunner, CachedRunner):
 
     def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], list[torch.Tensor]]]:
         by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
-        fresh = [s for s in by_row if s.engine_state.step_in_block == 0]
+        fresh = [s for s in by_row if s.engine_state.step_in_block == 0 and self._full_refresh(s)]
+        partial = [s for s in by_row if s.engine_state.step_in_block == 0 and not self._full_refresh(s)]
         warm = [s for s in by_row if s.engine_state.step_in_block > 0]
         out = []
-        for group, span in ((fresh, lambda st: (0, len(st.canvas))), (warm, self._cached_span)):
+        for group, span in (
+            (fresh, lambda st: (0, len(st.canvas))),
+            (partial, self._partial_span),
+            (warm, self._cached_span),
+        ):
             if group:
                 out.append((group, self.forward([self._row(s, *span(s.engine_state)) for s in group])))
         return out
+
+    @staticmethod
+    def _full_refresh(seq: Sequence) -> bool:
+        """Whether this block start refreshes the whole canvas (every block under the published
+        schedule; every `refresh_every`-th one otherwise, the first always: it is the prefill)."""
+        return seq.engine_state.block % _params(seq).refresh_every == 0
+
+    def _partial_span(self, st: _State) -> tuple[int, int]:
+        """A block start without a full refresh: the previous block (committed since the K/V of
+        its positions were last written) up to the end of the usual cached span."""
+        return st.block_range[0] - st.block_length, self._cached_span(st)[1]
 
 
 class PrefixCacheRunner(_CachedRunner):
