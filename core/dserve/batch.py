@@ -188,6 +188,28 @@ def _mask(
     return key_positions[:, None, :] <= limit[:, :, None]
 
 
+def readback(*tensors: torch.Tensor) -> list[list]:
+    """The step's one device-to-host transfer: each tensor as (nested) Python lists.
+
+    A runner plans, forwards and commits on the device, then reads what it committed back here,
+    once per step, where the scheduler needs host values. On CUDA the copies go into pinned
+    memory without blocking and the host waits on one event after the last of them: one wait
+    for all tensors (a `.tolist()` each would wait once each), and not a synchronisation that
+    `torch.cuda.set_sync_debug_mode` reports, so the GPU test that runs steps under it finds
+    every other one (tests/gpu/test_host_sync.py)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.tolist() for t in tensors]
+    hosts = []
+    for t in tensors:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        hosts.append(host)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return [h.tolist() for h in hosts]
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on the device through pinned memory: the copy does not wait for the GPU to
     drain (a pageable host-to-device copy would)."""

@@ -29,7 +29,7 @@ from typing import cast
 
 import torch
 
-from dserve.batch import Row, to_device
+from dserve.batch import Row, readback, to_device
 from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
 from dserve.sampling import make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
@@ -125,8 +125,8 @@ class BasicRunner(AlgorithmRunner):
             order += [(seq, transfer.shape[1]) for seq in seqs]
             picks.append(torch.stack((transfer.long(), x0)).flatten(1))
 
-        # one host sync for the whole batch
-        picked = torch.cat(picks, dim=1).tolist()
+        # the step's one host sync, for the whole batch
+        (picked,) = readback(torch.cat(picks, dim=1))
         results, col = [], 0
         for seq, stride in order:
             st = seq.engine_state
