@@ -80,10 +80,17 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], int] | None = None, floor=None) -> Cell:
+def measure(
+    cell: Cell,
+    run: Callable[[], int],
+    gen: int,
+    warm_up: Callable[[], int] | None = None,
+    floor=None,
+    precision: str = "bf16",
+) -> Cell:
     """Warm up once (`warm_up`, by default `run` itself), then time one run; `run` returns the
     number of steps it took. `floor` (a roofline.StepFloor): record the timed run's forwards and
-    price their GEMMs (after the timing)."""
+    price their GEMMs in `precision` (after the timing)."""
     import contextlib
 
     try:
@@ -113,13 +120,14 @@ def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], 
         cell.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
     if floor is not None and floor.forwards:
         try:
-            (cell.floor_precision, cell.floor_ms_per_step), *_ = floor.per_step(steps).items()
+            cell.floor_ms_per_step = floor.per_step(steps, precision)
+            cell.floor_precision = precision
         except Exception as exc:  # noqa: BLE001 - the cell's own timing stands without its floor
             cell.note = f"floor failed: {type(exc).__name__}: {str(exc)[:120]}"
     return cell
 
 
-def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
+def ours(model, engine, alg, prompts, gen, block, k, extra: dict | None = None) -> Callable[[], int]:
     from dserve.loader import model_for_runner
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
@@ -127,6 +135,7 @@ def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
     values = {"steps": gen // k, "block_length": block, "temperature": 0.0}
     if REFRESH_EVERY != 1 and "refresh_every" in alg.load_params().model_fields:
         values["refresh_every"] = REFRESH_EVERY  # fastdllm's loops; the others have no such option
+    values.update(extra or {})
     params = resolve_params(alg.load_params(), values)
     runner_cls = alg.load_runner()
     model = model_for_runner(model, runner_cls, enforce_eager=EAGER)
@@ -378,6 +387,19 @@ def main(argv=None) -> int:
         "warm-up run, reported apart (warm-up s) from the timed run",
     )
     p.add_argument(
+        "--cell",
+        nargs=3,
+        action="append",
+        metavar=("ALGORITHM", "BATCH", "TOKENS_PER_STEP"),
+        help="time this cell instead of the --batch x --tokens-per-step x --algorithms grid (repeatable); "
+        "ALGORITHM may carry request parameters: fastdllm/dual_cache+refresh_every=8",
+    )
+    p.add_argument(
+        "--fp8-too",
+        action="store_true",
+        help="after the cells in bf16, quantize the model to fp8 in place and time the same cells again (same process)",
+    )
+    p.add_argument(
         "--refresh-every",
         type=int,
         default=1,
@@ -403,7 +425,7 @@ def main(argv=None) -> int:
     if not args.no_floor:
         from roofline import StepFloor, dims_from_config
 
-        floor = StepFloor(dims_from_config(shape), args.device, ("fp8",) if args.quantization == "fp8" else ("bf16",))
+        floor = StepFloor(dims_from_config(shape), args.device)
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
@@ -421,19 +443,77 @@ def main(argv=None) -> int:
         f" on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
         flush=True,
     )
-    cells = []
-    for batch in args.batch:
+    cells: list[Cell] = []
+
+    def save() -> None:  # after every cell: a run cut off keeps what it measured
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "shape": args.shape,
+                        "device": device_name,
+                        "torch": torch.__version__,
+                        "prompt": args.prompt,
+                        "gen": args.gen,
+                        "block": args.block,
+                        "cells": [asdict(c) | {"ratio": c.ratio} for c in cells],
+                    },
+                    indent=2,
+                )
+            )
+
+    def record(cell: Cell) -> None:
+        cells.append(cell)
+        print(format_table([cell]).splitlines()[1], flush=True)
+        save()
+
+    precision = "fp8" if args.quantization == "fp8" else "bf16"
+    if args.cell:
+        jobs = []
+        for name, batch, k in args.cell:
+            base, *pairs = name.split("+")
+            engine_name, alg_name = base.split("/")
+            engine = registry.engine(engine_name)
+            extra = {key: json.loads(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+            jobs.append((name, engine, engine.algorithm(alg_name), int(batch), int(k), extra))
+        rounds = [precision] + (["fp8"] if args.fp8_too and precision != "fp8" else [])
+        for round_precision in rounds:
+            if round_precision != precision:
+                from dserve import loader
+                from dserve.modeling.quantization import quantize_weights
+
+                loader._graphed.pop(id(model), None)  # graphs captured over the bf16 weights
+                quantize_weights(model, "fp8")
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            for name, engine, alg, batch, k, extra in jobs:
+                label = name if round_precision == "bf16" else f"{name} [fp8]"
+                prompts = random_prompts(model, batch, args.prompt)
+                record(
+                    measure(
+                        Cell(label, batch, k),
+                        ours(model, engine, alg, prompts, args.gen, args.block, k, extra),
+                        args.gen,
+                        floor=floor,
+                        precision=round_precision,
+                    )
+                )
+        algorithms = []  # the grid below is replaced by the cells
+        batches: list[int] = []
+    else:
+        batches = args.batch
+    for batch in batches:
         prompts = random_prompts(model, batch, args.prompt)
         for k in args.tokens_per_step:
             for engine, alg in algorithms:
-                cell = measure(
-                    Cell(f"{engine.name}/{alg.name}", batch, k),
-                    ours(model, engine, alg, prompts, args.gen, args.block, k),
-                    args.gen,
-                    floor=floor,
+                record(
+                    measure(
+                        Cell(f"{engine.name}/{alg.name}", batch, k),
+                        ours(model, engine, alg, prompts, args.gen, args.block, k),
+                        args.gen,
+                        floor=floor,
+                        precision=precision,
+                    )
                 )
-                cells.append(cell)
-                print(format_table([cell]).splitlines()[1], flush=True)
             if published is not None:
                 for name in args.published:
                     # the LLaDA/Fast-dLLM loops capture and compile nothing, so one block warms their
@@ -444,31 +524,16 @@ def main(argv=None) -> int:
                         if name.startswith("dinfer/")
                         else published.loop(name, prompts, args.block, args.block, min(k, args.block))
                     )
-                    cell = measure(
-                        Cell(f"published {name}", batch, k),
-                        published.loop(name, prompts, args.gen, args.block, k),
-                        args.gen,
-                        warm_up,
+                    record(
+                        measure(
+                            Cell(f"published {name}", batch, k),
+                            published.loop(name, prompts, args.gen, args.block, k),
+                            args.gen,
+                            warm_up,
+                        )
                     )
-                    cells.append(cell)
-                    print(format_table([cell]).splitlines()[1], flush=True)
     print()
     print(format_table(cells))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "shape": args.shape,
-                    "device": device_name,
-                    "torch": torch.__version__,
-                    "prompt": args.prompt,
-                    "gen": args.gen,
-                    "block": args.block,
-                    "cells": [asdict(c) for c in cells],
-                },
-                indent=2,
-            )
-        )
     return 0
 
 

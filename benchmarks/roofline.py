@@ -206,8 +206,8 @@ class StepFloor:
     real tokens of each row and the logits it asks for); `per_step(steps)` is their GEMM time
     divided by the steps, per precision."""
 
-    def __init__(self, dims: Dims, device: str | torch.device, precisions=("bf16", "fp8")):
-        self.dims, self.device, self.precisions = dims, torch.device(device), precisions
+    def __init__(self, dims: Dims, device: str | torch.device):
+        self.dims, self.device = dims, torch.device(device)
         self._rooflines: dict[str, Roofline] = {}
         self.forwards: list[Forward] = []
 
@@ -240,13 +240,10 @@ class StepFloor:
 
         return scope()
 
-    def per_step(self, steps: int) -> dict[str, float]:
-        """GEMM ms per step of the recorded forwards, per precision."""
-        out = {}
-        for precision in self.precisions:
-            r = self.roofline(precision)
-            out[precision] = sum(r.ms(f.tokens, f.logits) for f in self.forwards) / max(steps, 1)
-        return out
+    def per_step(self, steps: int, precision: str = "bf16") -> float:
+        """GEMM ms per step of the recorded forwards in `precision` (bf16 or fp8)."""
+        r = self.roofline(precision)
+        return sum(r.ms(f.tokens, f.logits) for f in self.forwards) / max(steps, 1)
 
     def shapes(self) -> dict[tuple[int, int], int]:
         """How many recorded forwards had each (tokens, logits)."""

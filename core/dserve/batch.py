@@ -20,7 +20,8 @@ Padding: a row shorter than the longest gets pad inputs whose positions continue
 row's reach (its input end, or its key limit if that is further), so the K/V a pad writes land
 in slots no real query of the row attends to. Pads see the row's keys (finite values, never a
 NaN). The mask is left out when nobody needs one (equal-length uncached rows that see all their
-inputs), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
+inputs, or equal-length cached rows that see every slot of the cache: SDPA then takes the flash
+kernel), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
 gathered (`logits_index`) only when some row wants fewer than all its inputs. These choices
 depend on host-side lengths only: building the batch adds no host synchronisation, and a step
 that repeats its shapes repeats the model call's shapes (what CUDA graphs need).
@@ -146,8 +147,11 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
     if cached:
         assert pool is not None  # checked above
         cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
-        key_positions = torch.arange(cache.capacity, device=device)
-        mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal)
+        if not any_causal and not ragged and all(r.key_limit >= cache.capacity for r in ordered):
+            mask = None  # every query sees every slot: no mask, so SDPA may take the flash kernel
+        else:
+            key_positions = torch.arange(cache.capacity, device=device)
+            mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal)
         cache_rows = [cached_rows[i] for i in order]
         consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + B))
         use = slice(cache_rows[0], cache_rows[0] + B) if consecutive else _upload(device, cache_rows)[0]

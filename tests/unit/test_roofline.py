@@ -42,11 +42,11 @@ def test_roofline_times_a_forward_and_caches_it(precision):
 
 def test_bench_prints_each_cells_floor_and_ratio(tiny_shape, tmp_path, capsys):
     out = tmp_path / "cells.json"
-    argv = ["--shape", str(tiny_shape), "--device", "cpu", "--batch", "2", "--tokens-per-step", "4"]
+    argv = ["--shape", str(tiny_shape), "--device", "cpu", "--batch", "1", "--tokens-per-step", "8"]
     argv += ["--prompt", "16", "--gen", "64", "--algorithms", "fastdllm/dual_cache", "--json", str(out)]
     assert bench_engine.main(argv) == 0
     (cell,) = json.loads(out.read_text())["cells"]
-    assert cell["steps"] == 16 and cell["floor_precision"] == "bf16"
+    assert cell["steps"] == 8 and cell["floor_precision"] == "bf16"
     assert 0 < cell["floor_ms_per_step"] and cell["warmup_s"] > 0
     printed = capsys.readouterr().out
     assert "floor ms" in printed and "ratio" in printed
@@ -57,7 +57,7 @@ def test_the_floor_prices_the_forwards_of_the_schedule(tiny_shape):
     full refresh (2 x 80 tokens, logits at the 2 blocks) and 7 block steps (2 x 32 tokens); with
     refresh_every=2 the second block starts with the previous block and its own instead."""
     model, shape = bench_engine.build_model(str(tiny_shape), "cpu")
-    floor = roofline.StepFloor(roofline.dims_from_config(shape), "cpu", ("bf16",))
+    floor = roofline.StepFloor(roofline.dims_from_config(shape), "cpu")
     from dserve.plugins import get_registry
 
     alg = get_registry().engine("fastdllm").algorithm("dual_cache")
@@ -71,7 +71,7 @@ def test_the_floor_prices_the_forwards_of_the_schedule(tiny_shape):
         finally:
             bench_engine.REFRESH_EVERY = 1
         assert steps == 16 and floor.shapes() == shapes
-        assert floor.per_step(steps)["bf16"] > 0
+        assert floor.per_step(steps) > 0 and floor.per_step(steps, "fp8") > 0
     import dserve.engine
 
     assert dserve.engine.forward.__name__ == "forward"  # the recording is undone
@@ -81,3 +81,14 @@ def test_fp8_floor_is_measured_with_scaled_mm_on_cpu():
     assert hasattr(torch, "_scaled_mm")
     r = roofline.Roofline(roofline.Dims(1, 32, 32, 32, 64, 64), "cpu", "fp8")
     assert r.ms(16, 16) > 0
+
+
+def test_cells_with_parameters_and_fp8_in_the_same_run(tiny_shape, tmp_path):
+    out = tmp_path / "cells.json"
+    argv = ["--shape", str(tiny_shape), "--device", "cpu", "--prompt", "16", "--gen", "64", "--json", str(out)]
+    argv += ["--cell", "fastdllm/dual_cache+refresh_every=2", "1", "8", "--fp8-too"]
+    assert bench_engine.main(argv) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert [c["algorithm"] for c in cells] == ["fastdllm/dual_cache+refresh_every=2", "fastdllm/dual_cache+refresh_every=2 [fp8]"]
+    assert [c["floor_precision"] for c in cells] == ["bf16", "fp8"]
+    assert all(c["steps"] == 8 and c["ratio"] > 0 for c in cells)

@@ -84,6 +84,12 @@ def attention(
     if attention_mask is not None:
         mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, None]
     gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None and q.is_cuda:
+        # the fused kernel that takes a mask (memory-efficient) has no grouped-query mode: with
+        # enable_gqa and a mask SDPA falls back to the unfused math kernel, which materialises
+        # the scores; repeating the K/V heads keeps the fused kernel
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
