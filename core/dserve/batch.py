@@ -18,7 +18,9 @@ and the inputs' K/V are written at their positions first.
 
 Padding: a row shorter than the longest gets pad inputs whose positions continue past the
 row's reach (its input end, or its key limit if that is further), so the K/V a pad writes land
-in slots no real query of the row attends to. Pads see the row's keys (finite values, never a
+in slots no real query of the row attends to; over a cache they stop at its last slot, which
+the pool keeps past every reach (a runner whose rows are ragged asks for it when it takes a
+cache row, `take_cache_row(canvas + 1)`, so the cache is big enough from its first forward on). Pads see the row's keys (finite values, never a
 NaN). The mask is left out when nobody needs one (equal-length uncached rows that see all their
 inputs, or equal-length cached rows that see every slot of the cache: SDPA then takes the flash
 kernel), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
@@ -146,7 +148,12 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
     cache = None
     if cached:
         assert pool is not None  # checked above
-        cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
+        # pads need one slot past every row's reach (they all write there: nobody attends to it),
+        # not one per pad: a cache sized for its canvases plus that slot never has to grow, and
+        # growing mid-run drops every CUDA graph captured over the old cache
+        cache = pool.reserve(max(r.reach for r in ordered) + int(ragged))
+        if ragged:
+            positions = torch.clamp(positions, max=cache.capacity - 1)
         if not any_causal and not ragged and all(r.key_limit >= cache.capacity for r in ordered):
             mask = None  # every query sees every slot: no mask, so SDPA may take the flash kernel
         else:

@@ -78,11 +78,12 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, *, emulate: bool = False) -> 
     if emulate:
         out = (xq.to(torch.float32) * xs) @ weight.dequantized().T
         return out.to(x.dtype).reshape(*lead, -1)
-    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+    # CUDA's row-wise scaled GEMM writes bfloat16 only; the CPU kernel writes the input's dtype
+    out_dtype = torch.bfloat16 if x.is_cuda or x.dtype not in (torch.float16, torch.float32) else x.dtype
     # _scaled_mm: the second operand column-major (a transposed row-major weight is), scales
     # [M, 1] and [1, N] (row-wise)
     out = torch._scaled_mm(xq, weight.values.T, scale_a=xs, scale_b=weight.scales.T, out_dtype=out_dtype)
-    return out.reshape(*lead, -1)
+    return out.to(x.dtype).reshape(*lead, -1)
 
 
 class Fp8Linear(nn.Module):

@@ -75,8 +75,7 @@ def hierarchy_rule(
         commit = commit & (confidence > low_threshold)
     if threshold is not None:
         commit = commit | (confidence > threshold)
-    top1 = torch.zeros_like(commit)
-    top1[torch.argmax(confidence)] = True
+    top1 = torch.arange(L, device=confidence.device) == torch.argmax(confidence)  # no host read of the index
     commit = (commit | top1) & masked
     return x0, commit
 

@@ -144,7 +144,9 @@ class DInferRunner(CachedRunner):
             early_stop=p.early_stop and not seq.ignore_eos,
         )
         if p.cache != "none":
-            st.cache_row = self.take_cache_row(len(canvas))
+            # + 1: the slot padded inputs write to (vicinity windows and suffixes differ in width
+            # between sequences), reserved now so the cache never grows mid-run (dserve.batch)
+            st.cache_row = self.take_cache_row(len(canvas) + 1)
         if self.record_forwards:
             st.forwards = []
         self._init_extra(seq, st)

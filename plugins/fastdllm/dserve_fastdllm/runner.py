@@ -206,9 +206,15 @@ class _CachedRunner(BasicRunner, CachedRunner):
     """Shared by the cached loops: full-canvas forward with cache writes at a block start,
     cached forwards of `_cached_span` otherwise (the core's CachedRunner owns the cache rows)."""
 
+    # the prefix cache's suffixes differ in width between sequences in different blocks: one
+    # slot past the canvas for the pads, reserved from the start (dserve.batch); the dual cache's
+    # blocks are equal-width in the usual batch and keep a cache of exactly the canvas (no mask:
+    # SDPA's flash kernel)
+    scratch_slot = 0
+
     def init_state(self, seq: Sequence) -> _State:
         st = super().init_state(seq)
-        st.cache_row = self.take_cache_row(len(st.canvas))
+        st.cache_row = self.take_cache_row(len(st.canvas) + self.scratch_slot)
         return st
 
     @abstractmethod
@@ -244,6 +250,8 @@ class _CachedRunner(BasicRunner, CachedRunner):
 
 class PrefixCacheRunner(_CachedRunner):
     """`prefix_cache`: later steps forward the block and everything after it."""
+
+    scratch_slot = 1
 
     def _cached_span(self, st: _State) -> tuple[int, int]:
         return st.block_range[0], len(st.canvas)
