@@ -63,7 +63,7 @@ part cells 175 python3 $B --fp8-too --json "$OUT/cells.json" \
   --cell fastdllm/dual_cache+refresh_every=8 32 4 \
   --cell fastdllm/dual_cache+refresh_every=2 32 4
 
-part tests 160 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rfE
+part tests 190 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rfE
 
 # dInfer at batch 8 after (this tree) and before (7bb631e), alternating; the floor is skipped so
 # both runs do the same work (the old benchmark has none)
@@ -71,9 +71,9 @@ ARGS="--batch 8 --tokens-per-step 4 --algorithms dinfer/dinfer_blockwise"
 OLD=.dev/before
 OLDPATH=$OLD/core:$OLD/plugins/llada:$OLD/plugins/fastdllm:$OLD/plugins/dinfer:$OLD/plugins/dream:$OLD/plugins/nemotron
 for i in 1 2; do
-  part dinfer_b8 50 bash -c "echo '== after $i'; python3 $B $ARGS --no-floor --json $OUT/dinfer_b8_after$i.json"
+  part dinfer_b8 45 bash -c "echo '== after $i'; python3 $B $ARGS --no-floor --json $OUT/dinfer_b8_after$i.json"
   if [ -d $OLD/core ]; then
-    part dinfer_b8 50 bash -c "echo '== before $i'; DSERVE_PLUGINS=llada,fastdllm,dinfer PYTHONPATH=$OLDPATH:\${PYTHONPATH:-} python3 $OLD/$B $ARGS --json $OUT/dinfer_b8_before$i.json"
+    part dinfer_b8 45 bash -c "echo '== before $i'; DSERVE_PLUGINS=llada,fastdllm,dinfer PYTHONPATH=$OLDPATH:\${PYTHONPATH:-} python3 $OLD/$B $ARGS --json $OUT/dinfer_b8_before$i.json"
   else
     echo "no $OLD: the 7bb631e tree was not carried" >> "$OUT/dinfer_b8.txt"
   fi
