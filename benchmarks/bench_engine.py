@@ -64,7 +64,15 @@ class Cell:
     ms_per_step: float | None = None
     steps: int | None = None
     peak_memory_gib: float | None = None
+    floor_ms_per_step: float | None = None  # GEMMs alone of the same forwards (benchmarks/roofline.py)
+    floor_precision: str | None = None
+    warmup_s: float | None = None  # the warm-up run (with --compile: compilation included)
+    timed_s: float | None = None
     note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ms_per_step / self.floor_ms_per_step if self.ms_per_step and self.floor_ms_per_step else None
 
 
 def _sync() -> None:
@@ -72,18 +80,31 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], int] | None = None) -> Cell:
+def measure(
+    cell: Cell,
+    run: Callable[[], int],
+    gen: int,
+    warm_up: Callable[[], int] | None = None,
+    floor=None,
+    precision: str = "bf16",
+) -> Cell:
     """Warm up once (`warm_up`, by default `run` itself), then time one run; `run` returns the
-    number of steps it took."""
+    number of steps it took. `floor` (a roofline.StepFloor): record the timed run's forwards and
+    price their GEMMs in `precision` (after the timing)."""
+    import contextlib
+
     try:
+        t0 = time.perf_counter()
         (warm_up or run)()
         _sync()
+        cell.warmup_s = time.perf_counter() - t0
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        steps = run()
-        _sync()
-        seconds = time.perf_counter() - t0
+        with floor.recording() if floor is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            steps = run()
+            _sync()
+            seconds = time.perf_counter() - t0
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         cell.note = "out of memory"
@@ -93,18 +114,29 @@ def measure(cell: Cell, run: Callable[[], int], gen: int, warm_up: Callable[[], 
         return cell
     cell.tokens_per_s = cell.batch * gen / seconds
     cell.steps = steps
+    cell.timed_s = seconds
     cell.ms_per_step = 1000 * seconds / max(steps, 1)
     if torch.cuda.is_available():
         cell.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+    if floor is not None and floor.forwards:
+        try:
+            cell.floor_ms_per_step = floor.per_step(steps, precision)
+            cell.floor_precision = precision
+        except Exception as exc:  # noqa: BLE001 - the cell's own timing stands without its floor
+            cell.note = f"floor failed: {type(exc).__name__}: {str(exc)[:120]}"
     return cell
 
 
-def ours(model, engine, alg, prompts, gen, block, k) -> Callable[[], int]:
+def ours(model, engine, alg, prompts, gen, block, k, extra: dict | None = None) -> Callable[[], int]:
     from dserve.loader import model_for_runner
     from dserve.params import resolve_params
     from dserve.sequence import Sequence
 
-    params = resolve_params(alg.load_params(), {"steps": gen // k, "block_length": block, "temperature": 0.0})
+    values = {"steps": gen // k, "block_length": block, "temperature": 0.0}
+    if REFRESH_EVERY != 1 and "refresh_every" in alg.load_params().model_fields:
+        values["refresh_every"] = REFRESH_EVERY  # fastdllm's loops; the others have no such option
+    values.update(extra or {})
+    params = resolve_params(alg.load_params(), values)
     runner_cls = alg.load_runner()
     model = model_for_runner(model, runner_cls, enforce_eager=EAGER)
 
@@ -286,11 +318,12 @@ class PublishedDInfer:
 
 
 EAGER = False
+REFRESH_EVERY = 1
 PUBLISHED = ["llada/generate", "fastdllm/generate", "fastdllm/prefix_cache", "fastdllm/dual_cache"]
 
 
 def format_table(cells: list[Cell]) -> str:
-    rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "steps", "peak GiB", "note")]
+    rows = [("algorithm", "batch", "tok/step", "tok/s", "ms/step", "floor ms", "ratio", "steps", "peak GiB", "warm-up s", "note")]
     for c in cells:
         f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
         rows.append(
@@ -300,8 +333,11 @@ def format_table(cells: list[Cell]) -> str:
                 str(c.tokens_per_step),
                 f(c.tokens_per_s, ".1f"),
                 f(c.ms_per_step, ".2f"),
+                f(c.floor_ms_per_step, ".2f") + (f" {c.floor_precision}" if c.floor_precision else ""),
+                f(c.ratio, ".2f"),
                 f(c.steps, "d"),
                 f(c.peak_memory_gib, ".1f"),
+                f(c.warmup_s, ".1f"),
                 c.note,
             )
         )
@@ -333,7 +369,42 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--quantization", choices=["8bit", "4bit"], help="weight-only quantized linear layers (torchao)")
+    p.add_argument(
+        "--quantization",
+        choices=["8bit", "4bit", "fp8"],
+        help="8bit/4bit: weight-only quantized linear layers (torchao); fp8: e4m3 weights and activations",
+    )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the GEMM floor (benchmarks/roofline.py) of each cell's forwards (measured by default, "
+        "in this process, after each cell; bf16, or fp8 with --quantization fp8)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's forward (as `dserve --compile`); compilation falls in each cell's "
+        "warm-up run, reported apart (warm-up s) from the timed run",
+    )
+    p.add_argument(
+        "--cell",
+        nargs=3,
+        action="append",
+        metavar=("ALGORITHM", "BATCH", "TOKENS_PER_STEP"),
+        help="time this cell instead of the --batch x --tokens-per-step x --algorithms grid (repeatable); "
+        "ALGORITHM may carry request parameters: fastdllm/dual_cache+refresh_every=8",
+    )
+    p.add_argument(
+        "--fp8-too",
+        action="store_true",
+        help="after the cells in bf16, quantize the model to fp8 in place and time the same cells again (same process)",
+    )
+    p.add_argument(
+        "--refresh-every",
+        type=int,
+        default=1,
+        help="fastdllm prefix/dual cache: a full-canvas refresh every N blocks (1 = the published schedule)",
+    )
     args = p.parse_args(argv)
     global EAGER
     EAGER = args.enforce_eager
@@ -345,6 +416,16 @@ def main(argv=None) -> int:
         from dserve.modeling.quantization import quantize_weights
 
         quantize_weights(model, args.quantization)
+    if args.compile:
+        # as dserve.loader.apply_speed_settings does for `dserve --compile`
+        model.forward = torch.compile(model.forward, dynamic=True)
+    global REFRESH_EVERY
+    REFRESH_EVERY = args.refresh_every
+    floor = None
+    if not args.no_floor:
+        from roofline import StepFloor, dims_from_config
+
+        floor = StepFloor(dims_from_config(shape), args.device)
     registry = get_registry()
     caps = model.info.capabilities
     algorithms = [
@@ -357,21 +438,82 @@ def main(argv=None) -> int:
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
-        f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''} on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
+        f"# {args.shape} bf16 random weights{' (' + args.quantization + ' linear layers)' if args.quantization else ''}"
+        f"{' compiled' if args.compile else ''}{f' refresh_every {args.refresh_every}' if args.refresh_every != 1 else ''}"
+        f" on {device_name}; prompt {args.prompt}, gen {args.gen}, block {args.block}",
         flush=True,
     )
-    cells = []
-    for batch in args.batch:
+    cells: list[Cell] = []
+
+    def save() -> None:  # after every cell: a run cut off keeps what it measured
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "shape": args.shape,
+                        "device": device_name,
+                        "torch": torch.__version__,
+                        "prompt": args.prompt,
+                        "gen": args.gen,
+                        "block": args.block,
+                        "cells": [asdict(c) | {"ratio": c.ratio} for c in cells],
+                    },
+                    indent=2,
+                )
+            )
+
+    def record(cell: Cell) -> None:
+        cells.append(cell)
+        print(format_table([cell]).splitlines()[1], flush=True)
+        save()
+
+    precision = "fp8" if args.quantization == "fp8" else "bf16"
+    if args.cell:
+        jobs = []
+        for name, batch, k in args.cell:
+            base, *pairs = name.split("+")
+            engine_name, alg_name = base.split("/")
+            engine = registry.engine(engine_name)
+            extra = {key: json.loads(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+            jobs.append((name, engine, engine.algorithm(alg_name), int(batch), int(k), extra))
+        rounds = [precision] + (["fp8"] if args.fp8_too and precision != "fp8" else [])
+        for round_precision in rounds:
+            if round_precision != precision:
+                from dserve import loader
+                from dserve.modeling.quantization import quantize_weights
+
+                loader._graphed.pop(id(model), None)  # graphs captured over the bf16 weights
+                quantize_weights(model, "fp8")
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            for name, engine, alg, batch, k, extra in jobs:
+                label = name if round_precision == "bf16" else f"{name} [fp8]"
+                prompts = random_prompts(model, batch, args.prompt)
+                record(
+                    measure(
+                        Cell(label, batch, k),
+                        ours(model, engine, alg, prompts, args.gen, args.block, k, extra),
+                        args.gen,
+                        floor=floor,
+                        precision=round_precision,
+                    )
+                )
+        algorithms = []  # the grid below is replaced by the cells
+        batches: list[int] = []
+    else:
+        batches = args.batch
+    for batch in batches:
         prompts = random_prompts(model, batch, args.prompt)
         for k in args.tokens_per_step:
             for engine, alg in algorithms:
-                cell = measure(
-                    Cell(f"{engine.name}/{alg.name}", batch, k),
-                    ours(model, engine, alg, prompts, args.gen, args.block, k),
-                    args.gen,
+                record(
+                    measure(
+                        Cell(f"{engine.name}/{alg.name}", batch, k),
+                        ours(model, engine, alg, prompts, args.gen, args.block, k),
+                        args.gen,
+                        floor=floor,
+                        precision=precision,
+                    )
                 )
-                cells.append(cell)
-                print(format_table([cell]).splitlines()[1], flush=True)
             if published is not None:
                 for name in args.published:
                     # the LLaDA/Fast-dLLM loops capture and compile nothing, so one block warms their
@@ -382,31 +524,16 @@ def main(argv=None) -> int:
                         if name.startswith("dinfer/")
                         else published.loop(name, prompts, args.block, args.block, min(k, args.block))
                     )
-                    cell = measure(
-                        Cell(f"published {name}", batch, k),
-                        published.loop(name, prompts, args.gen, args.block, k),
-                        args.gen,
-                        warm_up,
+                    record(
+                        measure(
+                            Cell(f"published {name}", batch, k),
+                            published.loop(name, prompts, args.gen, args.block, k),
+                            args.gen,
+                            warm_up,
+                        )
                     )
-                    cells.append(cell)
-                    print(format_table([cell]).splitlines()[1], flush=True)
     print()
     print(format_table(cells))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "shape": args.shape,
-                    "device": device_name,
-                    "torch": torch.__version__,
-                    "prompt": args.prompt,
-                    "gen": args.gen,
-                    "block": args.block,
-                    "cells": [asdict(c) for c in cells],
-                },
-                indent=2,
-            )
-        )
     return 0
 
 

@@ -21,9 +21,12 @@ and the inputs' K/V are written at their positions first.
 
 Padding: a row shorter than the longest gets pad inputs whose positions continue past the
 row's reach (its input end, or its key limit if that is further), so the K/V a pad writes land
-in slots no real query of the row attends to. Pads see the row's keys (finite values, never a
+in slots no real query of the row attends to; over a cache they stop at its last slot, which
+the pool keeps past every reach (a runner whose rows are ragged asks for it when it takes a
+cache row, `take_cache_row(canvas + 1)`, so the cache is big enough from its first forward on). Pads see the row's keys (finite values, never a
 NaN). The mask is left out when nobody needs one (equal-length uncached rows that see all their
-inputs), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
+inputs, or equal-length cached rows that see every slot of the cache: SDPA then takes the flash
+kernel), it is a key mask [B, Lk] when no row is causal, else per query [B, T, Lk]; logits are
 gathered (`logits_index`) only when some row wants fewer than all its inputs. These choices
 depend on host-side lengths only: building the batch adds no host synchronisation, and a step
 that repeats its shapes repeats the model call's shapes (what CUDA graphs need).
@@ -150,9 +153,17 @@ def forward(model: DiffusionModel, batch: RowBatch, pool: CachePool | None = Non
     cache = None
     if cached:
         assert pool is not None  # checked above
-        cache = pool.reserve(max(r.reach + T - r.width for r in ordered))
-        key_positions = torch.arange(cache.capacity, device=device)
-        mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal, block)
+        # pads need one slot past every row's reach (they all write there: nobody attends to it),
+        # not one per pad: a cache sized for its canvases plus that slot never has to grow, and
+        # growing mid-run drops every CUDA graph captured over the old cache
+        cache = pool.reserve(max(r.reach for r in ordered) + int(ragged))
+        if ragged:
+            positions = torch.clamp(positions, max=cache.capacity - 1)
+        if not any_causal and not ragged and all(r.key_limit >= cache.capacity for r in ordered):
+            mask = None  # every query sees every slot: no mask, so SDPA may take the flash kernel
+        else:
+            key_positions = torch.arange(cache.capacity, device=device)
+            mask = _mask(key_positions[None, :], positions, key_limit, causal, inside, any_causal, block)
         cache_rows = [cached_rows[i] for i in order]
         consecutive = cache_rows == list(range(cache_rows[0], cache_rows[0] + B))
         use = slice(cache_rows[0], cache_rows[0] + B) if consecutive else _upload(device, cache_rows)[0]
@@ -196,6 +207,28 @@ def _mask(
     block_end = (positions // block.clamp(min=1)[:, None] + 1) * block[:, None]
     limit = torch.where(blocked, torch.minimum(block_end, key_limit[:, None]) - 1, limit)
     return key_positions[:, None, :] <= limit[:, :, None]
+
+
+def readback(*tensors: torch.Tensor) -> list[list]:
+    """The step's one device-to-host transfer: each tensor as (nested) Python lists.
+
+    A runner plans, forwards and commits on the device, then reads what it committed back here,
+    once per step, where the scheduler needs host values. On CUDA the copies go into pinned
+    memory without blocking and the host waits on one event after the last of them: one wait
+    for all tensors (a `.tolist()` each would wait once each), and not a synchronisation that
+    `torch.cuda.set_sync_debug_mode` reports, so the GPU test that runs steps under it finds
+    every other one (tests/gpu/test_host_sync.py)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.tolist() for t in tensors]
+    hosts = []
+    for t in tensors:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        hosts.append(host)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return [h.tolist() for h in hosts]
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

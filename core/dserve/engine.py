@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dserve.batch import Row, RowBatch, forward
+from dserve.batch import Row, RowBatch, forward, to_device
 from dserve.logprobs import TokenLogprob
 from dserve.modeling import DiffusionModel
 from dserve.modeling.cache_pool import CachePool
@@ -72,7 +72,7 @@ class AlgorithmRunner(ABC):
         """The sequence's canvas on the model's device: its prompt, then gen_length mask tokens."""
         device = self.model.device
         canvas = torch.full((seq.prompt_len + seq.gen_length,), self.model.info.mask_id, dtype=torch.long, device=device)
-        canvas[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=device)
+        canvas[: seq.prompt_len] = to_device(torch.tensor(seq.prompt_ids, dtype=torch.long), device)  # no sync
         return canvas
 
     @abstractmethod

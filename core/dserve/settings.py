@@ -73,8 +73,10 @@ class ServerSettings(BaseSettings):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; the modes that use CUDA graphs replace dserve's own graphs"
     )
-    quantization: Literal["8bit", "4bit"] | None = Field(
-        None, description="weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]')"
+    quantization: Literal["8bit", "4bit", "fp8"] | None = Field(
+        None,
+        description="8bit / 4bit: weight-only int8 / int4 linear layers through torchao (pip install 'dserve[quant]'); "
+        "fp8: e4m3 weights and activations with row-wise scales (torch._scaled_mm; Hopper/Ada GPUs, emulated elsewhere)",
     )
     flash_attention: bool = Field(
         True,

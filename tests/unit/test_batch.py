@@ -64,3 +64,27 @@ def test_mixing_cached_and_uncached_rows_is_refused(model):
     pool = CachePool(model, max_rows=2)
     with pytest.raises(ValueError, match="all cached or none"):
         forward(model, RowBatch([Row(_ids(4, 8), cache_row=pool.take(4)), Row(_ids(4, 9))]), pool)
+
+
+def test_rows_that_see_the_whole_cache_need_no_mask(model, monkeypatch):
+    """Canvases that fill the cache's capacity (64 slots) and blocks over them see every slot: no
+    mask is passed (so SDPA may use its flash kernel), and the logits equal the full forward."""
+    canvases = [_ids(64, 6), _ids(64, 7)]
+    pool = CachePool(model, max_rows=2)
+    rows = [pool.take(len(c)) for c in canvases]
+    masks = []
+    call = model.forward
+
+    def recording(*args, **kwargs):
+        masks.append(kwargs.get("attention_mask"))
+        return call(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    forward(model, RowBatch([Row(c, keys=len(c), cache_row=r) for c, r in zip(canvases, rows)]), pool)
+    out = forward(model, RowBatch([Row(c[8:16], start=8, keys=len(c), cache_row=r) for c, r in zip(canvases, rows)]), pool)
+    assert pool.cache is not None and pool.cache.capacity == 64 and masks == [None, None]
+    for c, got in zip(canvases, out):
+        torch.testing.assert_close(got, call(c[None])[0, 8:16], **TOL)
+    short = _ids(40, 8)  # sees 40 of the 64 slots: masked
+    forward(model, RowBatch([Row(short[:8], start=0, keys=40, cache_row=rows[0])]), pool)
+    assert masks[-1] is not None

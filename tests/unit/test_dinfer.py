@@ -355,3 +355,31 @@ def test_plugin_registers_the_engine_without_importing_torch():
     assert out[0] == "dinfer dinfer_blockwise dinfer_blockwise dinfer_hierarchy dinfer_credit dinfer_soft"
     assert out[1] == "['bidirectional', 'inputs_embeds', 'kv_cache']"
     assert out[2] == "False"
+
+
+def test_the_cache_has_its_final_size_from_the_first_cached_forward(models, monkeypatch):
+    """Vicinity windows are ragged once sequences are in different blocks (a window is clipped at
+    the canvas end); their pads need a slot past the canvas, reserved at admission, so the cache
+    never grows mid-run (growing drops every CUDA graph captured over it)."""
+    from dserve.modeling import cache_pool
+
+    sizes, reserve = [], cache_pool.CachePool.reserve
+
+    def recording(self, capacity):
+        cache = reserve(self, capacity)
+        if not sizes or sizes[-1] is not cache:
+            sizes.append(cache)
+        return cache
+
+    monkeypatch.setattr(cache_pool.CachePool, "reserve", recording)
+    model = models["plain"]
+    params = P.DInferParams(block_length=16, threshold=0.3)
+    runner = R.DInferRunner(model, max_batch_size=4)
+    # equal canvases of 128 positions (two cache rounding steps), two of them a block further
+    # into their generation: ragged windows
+    seqs = [Sequence(list(range(10, 42)), 96, params), Sequence(list(range(50, 82)), 96, params)]
+    seqs += [Sequence(list(range(90, 106)), 112, params), Sequence(list(range(110, 126)), 112, params)]
+    for s in seqs:
+        s.ignore_eos = True
+    _drive(runner, seqs, max_steps=400)
+    assert len(sizes) == 1, [c.capacity for c in sizes]

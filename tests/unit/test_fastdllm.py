@@ -197,3 +197,37 @@ def test_params_defaults_and_validation():
         resolve_params(FastDLLMParams, {"threshold": 0.9, "remasking": "random"})
     assert err.value.param == "remasking"
     assert resolve_params(FastDLLMParams, {"cfg_scale": 1.0}).rule == "fixed"  # common field, unused
+
+
+@pytest.mark.parametrize("algorithm", ["dual_cache", "prefix_cache"])
+def test_refresh_every_forwards_the_previous_block_between_full_refreshes(model, monkeypatch, algorithm):
+    """refresh_every=2 over 4 blocks of 8: full canvases at blocks 0 and 2; blocks 1 and 3 start
+    with the previous block and the current one (dual) or everything from the previous block
+    on (prefix), over the cache; refresh_every=1 is the published schedule."""
+    prompt, gen, bl = [3, 14, 15, 92, 65, 35, 89], 32, 8
+    L = len(prompt) + gen
+    widths = []
+    forward = model.forward
+
+    def recording(input_ids, positions=None, **kw):
+        widths.append(input_ids.shape[1])
+        return forward(input_ids, positions, **kw)
+
+    monkeypatch.setattr(model, "forward", recording)
+
+    def run(every):
+        widths.clear()
+        seq = Sequence(prompt, gen, FastDLLMParams(block_length=bl, steps=8, refresh_every=every))
+        out = run_to_completion(ALGORITHMS[algorithm](model), [seq])[seq.seq_id]
+        return out, list(widths)
+
+    published, published_widths = run(1)
+    cheaper, cheaper_widths = run(2)
+    assert published_widths.count(L) == 4 and cheaper_widths.count(L) == 2
+    starts = [w for i, w in enumerate(cheaper_widths) if i % 2 == 0]  # steps_per_block = 2
+    for block, width in enumerate(starts):
+        s = len(prompt) + block * bl
+        expected = L if block % 2 == 0 else (2 * bl if algorithm == "dual_cache" else L - (s - bl))
+        assert width == expected
+    assert cheaper[: len(prompt)] == published[: len(prompt)] and model.info.mask_id not in cheaper
+    assert sum(cheaper_widths) < sum(published_widths)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dserve.modeling.fp8 import Fp8Weight, linear
 from dserve.modeling.kv_cache import LayerCache
 
 
@@ -83,13 +84,21 @@ def attention(
     if attention_mask is not None:
         mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, None]
     gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None and q.is_cuda:
+        # the fused kernel that takes a mask (memory-efficient) has no grouped-query mode: with
+        # enable_gqa and a mask SDPA falls back to the unfused math kernel, which materialises
+        # the scores; repeating the K/V heads keeps the fused kernel
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, gate_up: torch.Tensor | None = None) -> torch.Tensor:
+def swiglu(
+    x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, gate_up: torch.Tensor | Fp8Weight | None = None
+) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)); with `gate_up` (gate and up fused by
     dserve.modeling.fused.fuse_linears) the two projections are one GEMM."""
     if gate_up is None:
         return down(F.silu(gate(x)) * up(x))
-    g, u = F.linear(x, gate_up).chunk(2, dim=-1)
+    g, u = linear(x, gate_up).chunk(2, dim=-1)
     return down(F.silu(g) * u)

@@ -1,4 +1,5 @@
-"""Weight-only quantization (`--quantization 8bit|4bit`) through torchao.
+"""Weight-only quantization (`--quantization 8bit|4bit`) through torchao, and FP8 weights and
+activations (`--quantization fp8`, dserve.modeling.fp8).
 
 Every `nn.Linear` of the model (projections, MLP, LM head) gets int8 (per output channel) or
 int4 (groups of 128; tinygemm's layout on CUDA) weights; activations stay in the model's dtype.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODES = ("8bit", "4bit")
+MODES = ("8bit", "4bit", "fp8")
 
 
 def load_dtype(mode: str | None, dtype: str, device: torch.device) -> str:
@@ -25,6 +26,11 @@ def load_dtype(mode: str | None, dtype: str, device: torch.device) -> str:
 def quantize_weights(model: nn.Module, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"quantization must be one of {MODES}, got {mode!r}")
+    if mode == "fp8":  # weights and activations, PyTorch's own kernel (no torchao)
+        from dserve.modeling.fp8 import quantize_fp8
+
+        quantize_fp8(model)
+        return
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError as exc:

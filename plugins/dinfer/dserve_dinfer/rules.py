@@ -75,8 +75,7 @@ def hierarchy_rule(
         commit = commit & (confidence > low_threshold)
     if threshold is not None:
         commit = commit | (confidence > threshold)
-    top1 = torch.zeros_like(commit)
-    top1[torch.argmax(confidence)] = True
+    top1 = torch.arange(L, device=confidence.device) == torch.argmax(confidence)  # no host read of the index
     commit = (commit | top1) & masked
     return x0, commit
 
@@ -116,12 +115,14 @@ class CreditState:
         self.key, self.mat, self.iters = None, None, 0
 
 
-def force_progress(logits: torch.Tensor, block: torch.Tensor, mask_id: int) -> tuple[int, int]:
+def force_progress(logits: torch.Tensor, block: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Guard (not in dInfer): the slot and token to commit when a rule committed no real token.
 
     That happens when every candidate slot predicts the mask token; the published loop then makes
     no progress and, at temperature 0, never ends. We commit the most probable non-mask token of
-    the masked slot where it is most probable (lowest index on ties).
+    the masked slot where it is most probable (lowest index on ties). Returns (slot [Lb] bool,
+    one-hot, all False when no slot is masked; tokens [Lb], each slot's best non-mask token), on
+    the device without a host sync: the caller applies it only where no progress was made.
     """
     masked = block == mask_id
     l32 = logits.to(torch.float32)
@@ -129,8 +130,9 @@ def force_progress(logits: torch.Tensor, block: torch.Tensor, mask_id: int) -> t
     probs[:, mask_id] = -1.0
     p, tok = probs.max(dim=-1)
     p = torch.where(masked, p, -float("inf"))
-    slot = int(torch.argmax(p))
-    return slot, int(tok[slot])
+    slots = torch.arange(p.shape[0], device=p.device)
+    slot = (slots == torch.argmax(p)) & masked
+    return slot, tok
 
 
 def soft_embeddings(

@@ -51,7 +51,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from dserve.batch import Row
+from dserve.batch import Row, readback
 from dserve.engine import CachedRunner, StepResult
 from dserve.logprobs import TokenLogprob, token_logprobs
 from dserve.sampling import make_generator
@@ -71,6 +71,7 @@ _FULL_PLAIN, _FULL_CACHE = "full", "refresh"
 @dataclass
 class _State:
     canvas: torch.Tensor  # [prompt_len + gen_length] token ids
+    host: list[int]  # the canvas as the host last read it back (block bookkeeping needs no sync)
     prompt_len: int
     blocks: list[tuple[int, int]]  # [start, end) in canvas positions
     generator: torch.Generator
@@ -86,6 +87,7 @@ class _State:
     finished: bool = False
     committed: list[tuple[int, int]] = field(default_factory=list)  # this step, canvas positions
     logprobs: dict[int, TokenLogprob | None] = field(default_factory=dict)  # this step, by canvas position (when asked)
+    decoded: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # this step: (s, progressed, new)
     nfe: int = 0  # this step
     forwards: list | None = None  # trace when record_forwards: [input length, [a, b] or None, uses the cache]
 
@@ -135,11 +137,19 @@ class DInferRunner(CachedRunner):
         else:
             first = seq.prompt_len
         blocks = [(s, min(s + p.block_length, L)) for s in range(first, L, p.block_length)]
+        host = list(seq.prompt_ids) + [mask_id] * seq.gen_length
         st = _State(
-            canvas, seq.prompt_len, blocks, make_generator(seq.seed, device), early_stop=p.early_stop and not seq.ignore_eos
+            canvas,
+            host,
+            seq.prompt_len,
+            blocks,
+            make_generator(seq.seed, device),
+            early_stop=p.early_stop and not seq.ignore_eos,
         )
         if p.cache != "none":
-            st.cache_row = self.take_cache_row(len(canvas))
+            # + 1: the slot padded inputs write to (vicinity windows and suffixes differ in width
+            # between sequences), reserved now so the cache never grows mid-run (dserve.batch)
+            st.cache_row = self.take_cache_row(len(canvas) + 1)
         if self.record_forwards:
             st.forwards = []
         self._init_extra(seq, st)
@@ -158,6 +168,7 @@ class DInferRunner(CachedRunner):
         for seq in seqs:
             seq.engine_state.committed = []
             seq.engine_state.logprobs = {}
+            seq.engine_state.decoded = []
             seq.engine_state.nfe = 0
         plans = {seq.seq_id: self._plan(seq) for seq in seqs}
 
@@ -174,6 +185,7 @@ class DInferRunner(CachedRunner):
             spans = [w for s in rows if (w := plans[s.seq_id].window) is not None]  # all rows: chosen for having one
             for seq, (a, b), (c, logits) in zip(rows, spans, self._forward(rows, spans, cached=True, write=True)):
                 self._after_window(seq, logits, c, a, b)
+        self._read_back(seqs)
 
         results = []
         for seq in self.sequences:
@@ -244,16 +256,17 @@ class DInferRunner(CachedRunner):
         mask_id = self.model.info.mask_id
         while True:
             s, e = st.block
-            masks = int((st.canvas[s:e] == mask_id).sum())
+            masks = st.host[s:e].count(mask_id)
             if masks > 0:
                 st.unroll_left = max(min(masks // p.expected_tpf, p.maximum_unroll), 1)
                 return
             self._block_done(st)
-            if st.early_stop and self._holds_stop(st.canvas[max(s, st.prompt_len) : e]):
+            if st.early_stop and self._holds_stop(st.host[max(s, st.prompt_len) : e]):
                 eos = self.model.info.eos_id
-                filled = (st.canvas[e:] == mask_id).nonzero().flatten().tolist()
+                filled = [i for i, t in enumerate(st.host[e:]) if t == mask_id]
                 st.committed.extend((e + i, eos) for i in filled)
                 st.canvas[e:] = eos
+                st.host[e:] = [eos] * (len(st.host) - e)
                 st.finished = True
                 return
             st.block_id += 1
@@ -261,10 +274,9 @@ class DInferRunner(CachedRunner):
                 st.finished = True
                 return
 
-    def _holds_stop(self, tokens: torch.Tensor) -> bool:
+    def _holds_stop(self, tokens: list[int]) -> bool:
         info = self.model.info
-        stops = torch.tensor(info.stop_ids or (info.eos_id,), device=tokens.device)
-        return bool(torch.isin(tokens, stops).any())
+        return not set(info.stop_ids or (info.eos_id,)).isdisjoint(tokens)
 
     def _block_done(self, st: _State) -> None:
         """A block is complete (credit: drop its matrix)."""
@@ -292,17 +304,36 @@ class DInferRunner(CachedRunner):
         commit = commit & masked
         new = torch.where(commit, x0, block)
         progressed = commit & (x0 != mask_id)
-        if bool(masked.any()) and not bool(progressed.any()):
-            # every committed slot predicted the mask token: dInfer would loop forever
-            slot, tok = force_progress(used, block, mask_id)
-            new[slot] = tok
-            progressed[slot] = True
+        # every committed slot predicted the mask token: dInfer would loop forever. Decided on the
+        # device (no sync): the guard's slot is taken only where nothing progressed.
+        slot, tok = force_progress(used, block, mask_id)
+        forced = slot & ~progressed.any()
+        new = torch.where(forced, tok, new)
+        progressed = progressed | forced
         st.canvas[s:e] = new
-        slots = progressed.nonzero().flatten()
-        for i in slots.tolist():
-            st.committed.append((s + i, int(new[i])))
-        if seq.logprobs is not None:  # the model's distribution, before the rule's adjustments
+        if seq.logprobs is not None:  # opt-in (the model's distribution, before the rule's adjustments):
+            # finding the committed slots reads back, a sync only a request that asks pays for
+            slots = progressed.nonzero().flatten()
             st.logprobs.update(zip((s + slots).tolist(), token_logprobs(logits[slots], new[slots], seq.logprobs)))
+        st.decoded.append((s, progressed, new))
+
+    def _read_back(self, seqs: list[Sequence]) -> None:
+        """The step's one host sync: what every decode of the step committed, into each
+        sequence's `committed` and host canvas."""
+        decoded = [(seq.engine_state, s, progressed, new) for seq in seqs for s, progressed, new in seq.engine_state.decoded]
+        if not decoded:
+            return
+        (flat,) = readback(torch.cat([torch.cat((progressed.long(), new)) for _, _, progressed, new in decoded]))
+        at = 0
+        for st, s, progressed, _ in decoded:
+            n = progressed.shape[0]
+            flags, tokens = flat[at : at + n], flat[at + n : at + 2 * n]
+            at += 2 * n
+            for i in range(n):
+                if flags[i]:
+                    st.committed.append((s + i, tokens[i]))
+                    st.host[s + i] = tokens[i]
+            st.decoded = []
 
     # ---- forwards ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.fp8 import linear
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
 from dserve.modeling.loading import load_native, randomize
 from dserve.registry import BIDIRECTIONAL, KV_CACHE
@@ -143,7 +144,7 @@ class DreamModel(DiffusionModel):
         x = self._previous_outputs(x, positions, logits_index, kv_cache)
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return nn.functional.linear(x, head)
+        return linear(x, head)  # an FP8 head too (dserve.modeling.fp8)
 
     def _previous_outputs(self, x, positions, index, kv_cache):
         """The final hidden states whose logits are aligned to the inputs at `index` [B, n]:

@@ -75,6 +75,17 @@ class FastDLLMParams(DecodingParams):
         "('random' is only allowed without threshold and factor)",
     )
 
+    refresh_every: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="prefix/dual cache: refresh the whole canvas's K/V at every N-th block start "
+        "(1 = the published schedule); the other block starts forward only the previous block and the "
+        "current one (or, prefix cache, everything from the previous block on) over the cache, "
+        "rewriting the K/V of the positions committed since. An approximation: the K/V of the rest "
+        "stay as computed at the last full refresh (docs/benchmarks.md, 'cheaper refresh'). Ignored by basic",
+    )
+
     @field_validator("remasking")
     @classmethod
     def _random_needs_fixed_schedule(cls, value: str, info: ValidationInfo) -> str:

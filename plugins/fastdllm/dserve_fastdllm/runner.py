@@ -29,7 +29,7 @@ from typing import cast
 
 import torch
 
-from dserve.batch import Row, to_device
+from dserve.batch import Row, readback, to_device
 from dserve.engine import AlgorithmRunner, CachedRunner, StepResult
 from dserve.logprobs import committed_logprobs
 from dserve.sampling import make_generator, request_seed, split_steps
@@ -127,8 +127,8 @@ class BasicRunner(AlgorithmRunner):
             order += [(seq, transfer.shape[1]) for seq in seqs]
             picks.append(torch.stack((transfer.long(), x0)).flatten(1))
 
-        # one host sync for the whole batch
-        picked = torch.cat(picks, dim=1).tolist()
+        # the step's one host sync, for the whole batch
+        (picked,) = readback(torch.cat(picks, dim=1))
         block_logits = {s.seq_id: lg for seqs, logits in groups for s, lg in zip(seqs, logits)}
         results, col = [], 0
         for seq, stride in order:
@@ -210,9 +210,15 @@ class _CachedRunner(BasicRunner, CachedRunner):
     """Shared by the cached loops: full-canvas forward with cache writes at a block start,
     cached forwards of `_cached_span` otherwise (the core's CachedRunner owns the cache rows)."""
 
+    # the prefix cache's suffixes differ in width between sequences in different blocks: one
+    # slot past the canvas for the pads, reserved from the start (dserve.batch); the dual cache's
+    # blocks are equal-width in the usual batch and keep a cache of exactly the canvas (no mask:
+    # SDPA's flash kernel)
+    scratch_slot = 0
+
     def init_state(self, seq: Sequence) -> _State:
         st = super().init_state(seq)
-        st.cache_row = self.take_cache_row(len(st.canvas))
+        st.cache_row = self.take_cache_row(len(st.canvas) + self.scratch_slot)
         return st
 
     @abstractmethod
@@ -221,17 +227,35 @@ class _CachedRunner(BasicRunner, CachedRunner):
 
     def _block_logits(self, seqs: list[Sequence]) -> list[tuple[list[Sequence], list[torch.Tensor]]]:
         by_row = sorted(seqs, key=lambda s: s.engine_state.cache_row)  # consecutive rows: no copy
-        fresh = [s for s in by_row if s.engine_state.step_in_block == 0]
+        fresh = [s for s in by_row if s.engine_state.step_in_block == 0 and self._full_refresh(s)]
+        partial = [s for s in by_row if s.engine_state.step_in_block == 0 and not self._full_refresh(s)]
         warm = [s for s in by_row if s.engine_state.step_in_block > 0]
         out = []
-        for group, span in ((fresh, lambda st: (0, len(st.canvas))), (warm, self._cached_span)):
+        for group, span in (
+            (fresh, lambda st: (0, len(st.canvas))),
+            (partial, self._partial_span),
+            (warm, self._cached_span),
+        ):
             if group:
                 out.append((group, self.forward([self._row(s, *span(s.engine_state)) for s in group])))
         return out
 
+    @staticmethod
+    def _full_refresh(seq: Sequence) -> bool:
+        """Whether this block start refreshes the whole canvas (every block under the published
+        schedule; every `refresh_every`-th one otherwise, the first always: it is the prefill)."""
+        return seq.engine_state.block % _params(seq).refresh_every == 0
+
+    def _partial_span(self, st: _State) -> tuple[int, int]:
+        """A block start without a full refresh: the previous block (committed since the K/V of
+        its positions were last written) up to the end of the usual cached span."""
+        return st.block_range[0] - st.block_length, self._cached_span(st)[1]
+
 
 class PrefixCacheRunner(_CachedRunner):
     """`prefix_cache`: later steps forward the block and everything after it."""
+
+    scratch_slot = 1
 
     def _cached_span(self, st: _State) -> tuple[int, int]:
         return st.block_range[0], len(st.canvas)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.fp8 import linear
 from dserve.modeling.fused import fuse_linears
 from dserve.modeling.layers import RMSNorm, RotaryEmbedding, attention, swiglu
 from dserve.modeling.loading import has_tokenizer, load_native, randomize
@@ -48,7 +49,7 @@ class LLaDABlock(nn.Module):
             v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
             q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
         else:  # fused: one GEMM for q/k/v and one RoPE over q and k together ([B, T, heads, D])
-            qkv = nn.functional.linear(h, self.qkv_weight).view(B, T, -1, self.head_dim)
+            qkv = linear(h, self.qkv_weight).view(B, T, -1, self.head_dim)
             nq, nqk = self.n_heads, self.n_heads + self.n_kv_heads
             qk = rotary.rotate(qkv[:, :, :nqk], cos.transpose(1, 2), sin.transpose(1, 2))
             q, k, v = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), qkv[:, :, nqk:].transpose(1, 2)
@@ -140,7 +141,7 @@ class LLaDAModel(DiffusionModel):
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
         x = t.ln_f(x)
         head = t.wte.weight if self.cfg.weight_tying else t.ff_out.weight
-        return nn.functional.linear(x, head)
+        return linear(x, head)  # an FP8 head too (dserve.modeling.fp8)
 
 
 def load_llada(

@@ -22,9 +22,9 @@ from typing import cast
 
 import torch
 
-from dserve.batch import Row
+from dserve.batch import Row, readback
 from dserve.engine import AlgorithmRunner, StepResult
-from dserve.logprobs import token_logprobs
+from dserve.logprobs import TokenLogprob, token_logprobs
 from dserve.sampling import gumbel_argmax, make_generator, request_seed, split_steps
 from dserve.sequence import Sequence
 from dserve_llada.params import ReferenceParams
@@ -69,14 +69,23 @@ class ReferenceRunner(AlgorithmRunner):
         if not seqs:
             return []
         logits = iter(self.forward([row for seq in seqs for row in self._rows(seq)]))
-        results = []
+        picks, step_logprobs = [], []
         for seq in seqs:
             cond = next(logits)
             cfg_scale = _params(seq).cfg_scale
             if cfg_scale > 0:
                 un = next(logits)
                 cond = un + (cfg_scale + 1) * (cond - un)
-            results.append(self._commit(seq, cond))
+            pick, logprobs = self._commit(seq, cond)
+            picks.append(pick)
+            step_logprobs.append(logprobs)
+        # the step's one host sync: every sequence's committed offsets and tokens
+        flat = [t for pick in picks if pick is not None for t in pick]
+        host = iter(readback(*flat))
+        results = []
+        for seq, pick, logprobs in zip(seqs, picks, step_logprobs):
+            committed = list(zip(next(host), next(host))) if pick is not None else []
+            results.append(self._advance(seq, committed, logprobs))
         return results
 
     def _rows(self, seq: Sequence) -> list[Row]:
@@ -91,33 +100,42 @@ class ReferenceRunner(AlgorithmRunner):
             rows.append(Row(un, logits=(start, end)))
         return rows
 
-    def _commit(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
+    def _commit(
+        self, seq: Sequence, block_logits: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[TokenLogprob | None] | None]:
+        """Commit this step's tokens on the device: ((generation offsets, tokens) to read back,
+        or None when the schedule commits nothing; their logprobs when the request asked)."""
         st: _State = seq.engine_state
         p = _params(seq)
         start, end = st.block_span(seq)
         block = st.canvas[start:end]
         masked = block == self.model.info.mask_id
         if st.step_in_block == 0:
-            st.schedule = split_steps(int(masked.sum()), st.steps_per_block)
+            # the published count of the block's masks: all of it (blocks are decoded in order,
+            # and only this step's block is ever written), known without reading the canvas
+            st.schedule = split_steps(end - start, st.steps_per_block)
         assert st.schedule is not None  # set at the block's first step, just above
         k = st.schedule[st.step_in_block]
+        if k == 0:
+            return None, None
+        logits = block_logits[: end - start]
+        x0 = gumbel_argmax(logits, p.temperature, st.generator)
+        if p.remasking == "low_confidence":
+            conf = torch.softmax(logits, dim=-1).gather(-1, x0[:, None]).squeeze(-1)
+        else:
+            conf = torch.rand(x0.shape, generator=st.generator, device=x0.device)
+        conf = conf.masked_fill(~masked, -float("inf"))
+        picked = torch.sort(conf, descending=True, stable=True).indices[:k]
+        block[picked] = x0[picked]
+        # logprobs are opt-in: reading them back is a sync only a request that asks pays for
+        logprobs = token_logprobs(logits[picked], x0[picked], seq.logprobs) if seq.logprobs is not None else None
+        return (picked + (start - seq.prompt_len), x0[picked]), logprobs
 
-        committed: list[tuple[int, int]] = []
-        logprobs = None
-        if k > 0:
-            logits = block_logits[: end - start]
-            x0 = gumbel_argmax(logits, p.temperature, st.generator)
-            if p.remasking == "low_confidence":
-                conf = torch.softmax(logits, dim=-1).gather(-1, x0[:, None]).squeeze(-1)
-            else:
-                conf = torch.rand(x0.shape, generator=st.generator, device=x0.device)
-            conf = conf.masked_fill(~masked, -float("inf"))
-            picked = torch.sort(conf, descending=True, stable=True).indices[:k]
-            block[picked] = x0[picked]
-            committed = list(zip((picked + start - seq.prompt_len).tolist(), x0[picked].tolist()))
-            if seq.logprobs is not None:
-                logprobs = token_logprobs(logits[picked], x0[picked], seq.logprobs)
-
+    def _advance(
+        self, seq: Sequence, committed: list[tuple[int, int]], logprobs: list[TokenLogprob | None] | None = None
+    ) -> StepResult:
+        st: _State = seq.engine_state
+        p = _params(seq)
         st.step_in_block += 1
         if st.step_in_block == st.steps_per_block:
             st.block += 1

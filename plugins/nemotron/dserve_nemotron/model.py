@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dserve.modeling import DiffusionModel, KVCache, ModelInfo
+from dserve.modeling.fp8 import linear
 from dserve.modeling.fused import fuse_linears
 from dserve.modeling.layers import RMSNorm, attention, swiglu
 from dserve.modeling.loading import has_tokenizer, load_native, randomize
@@ -51,7 +52,7 @@ class NemotronAttention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:  # one GEMM, split into views
             nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            q, k, v = nn.functional.linear(x, self.qkv_weight).split([nq, nkv, nkv], dim=-1)
+            q, k, v = linear(x, self.qkv_weight).split([nq, nkv, nkv], dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
