@@ -47,7 +47,7 @@ class LLM:
         if not structlog.is_configured():  # a library stays quiet unless asked
             from dserve.logs import configure_logging
 
-            configure_logging(level=settings.pop("log_level", "warning"))
+            configure_logging(level=settings.pop("log_level", "warning"), cache=False)
         self.settings = Settings(model=model, **settings)
         self._service = GenerationService(self.settings, build_registry(get_plugin_manager()))
         self._service.load()

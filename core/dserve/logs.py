@@ -8,7 +8,10 @@ import sys
 import structlog
 
 
-def configure_logging(json_logs: bool = False, level: str = "info") -> None:
+def configure_logging(json_logs: bool = False, level: str = "info", cache: bool = True) -> None:
+    """`cache`: loggers freeze their configuration at first use (fast, for the server's own
+    process); an embedding process (`dserve.LLM`) passes False so its own later
+    structlog configuration (or `structlog.testing.capture_logs`) still applies."""
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -22,7 +25,7 @@ def configure_logging(json_logs: bool = False, level: str = "info") -> None:
         processors=[*shared, structlog.processors.format_exc_info, renderer] if json_logs else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     # uvicorn's own loggers through the same renderer
     handler = logging.StreamHandler(sys.stderr)

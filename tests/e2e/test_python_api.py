@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
 
 from dserve import LLM
 from dserve.modeling.tokenizer import chat_prompt_ids
@@ -20,6 +21,9 @@ def llm():
     model = MODEL_ARGS[1] if MODEL_ARGS else None
     with LLM(model, device="cpu", max_batch_size=16) as llm:
         yield llm
+    # LLM configured structlog for this process (warning level, as a library in a user's process
+    # is quiet); the tests after this module capture info-level events
+    structlog.reset_defaults()
 
 
 def _chat(prompt: str) -> list[dict]:

@@ -18,7 +18,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 FIRST_PARTY = re.compile(r"^dserve(_\w+)?$")
 
 # imports that only an optional feature makes: module -> the extra that installs it
-OPTIONAL = {"matplotlib": "plot", "torchao": "quant", "ray": "ray"}
+OPTIONAL = {"matplotlib": "plot", "torchao": "quant", "ray": "ray", "lm_eval": "lm-eval", "datasets": "lm-eval"}
 
 
 def _name(requirement: str) -> str:
@@ -51,7 +51,8 @@ def test_every_import_is_declared():
     for module, files in sorted(imported_modules().items()):
         if module in OPTIONAL:
             extra = OPTIONAL[module]
-            assert module in extras.get(extra, set()) or any(module in r for r in extras.get(extra, set())), (module, extra)
+            dist = module.replace("_", "-")
+            assert dist in extras.get(extra, set()) or any(dist in r for r in extras.get(extra, set())), (module, extra)
             continue
         dists = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
         if not dists & declared:

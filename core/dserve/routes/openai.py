@@ -52,6 +52,8 @@ async def retrieve_model(request: Request) -> Response:
     """One model (`client.models.retrieve`); ids may hold slashes (`org/name`)."""
     service = _service(request)
     name = request.path_params["model_id"]
+    if not name:  # `/v1/models/`: the path route matches an empty id; answer as `/v1/models` does
+        return await list_models(request)
     if service.model is None or name != service.model_id:
         raise NotFound(f"The model {name!r} does not exist", param="model", code="model_not_found")
     return JSONResponse(_model_card(service))

@@ -30,6 +30,7 @@ import torch
 
 from dserve.batch import Row
 from dserve.engine import CachedRunner, StepResult
+from dserve.logprobs import committed_logprobs
 from dserve.sampling import make_generator
 from dserve.sequence import Sequence
 from dserve_llada2.params import LLaDA2EditingParams, LLaDA2Params
@@ -62,6 +63,7 @@ class _State:
 class LLaDA2BlockDiffusionRunner(CachedRunner):
     # denoising forwards repeat their shapes (a block, or two blocks after a block ends)
     graphable = True
+    reports_logprobs = True
 
     def __init__(self, model, *, max_batch_size: int = 16):
         super().__init__(model, max_batch_size=max_batch_size)
@@ -112,6 +114,15 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
     def _is_stop(self, seq: Sequence, token: int) -> bool:
         return not seq.ignore_eos and token in self.stop_ids
 
+    @staticmethod
+    def _result(
+        seq: Sequence, committed: list[tuple[int, int]], block_logits: torch.Tensor, s: int, *, finished: bool
+    ) -> StepResult:
+        """The step's result; with `logprobs` asked, each committed token's log-probability under
+        this step's logits of its block (block_logits row 0 is canvas position s)."""
+        logprobs = committed_logprobs(seq.logprobs, committed, block_logits, s - seq.prompt_len)
+        return StepResult(seq, committed, finished=finished, nfe=1, logprobs=logprobs)
+
     def _denoise(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         st: _State = seq.engine_state
         p = cast(LLaDA2Params, seq.params)
@@ -144,10 +155,10 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
             generated = st.canvas[P:e].tolist()
             eos_at = next(i for i, t in enumerate(generated) if self._is_stop(seq, t))
             if mask_id not in generated[:eos_at]:
-                return StepResult(seq, committed, finished=True, nfe=1)
+                return self._result(seq, committed, block_logits, s, finished=True)
 
         if mask_id in tokens and st.step_in_block < st.steps:
-            return StepResult(seq, committed, finished=False, nfe=1)
+            return self._result(seq, committed, block_logits, s, finished=False)
 
         # the block is final: masks the step budget left stay mask tokens, as published
         committed += [(s + j - P, t) for j, t in enumerate(tokens) if t == mask_id and out(j)]
@@ -155,7 +166,7 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
         finished = holds_eos or st.block + 1 >= st.num_blocks or e >= P + G
         st.block += 1
         st.step_in_block = 0
-        return StepResult(seq, committed, finished=finished, nfe=1)
+        return self._result(seq, committed, block_logits, s, finished=finished)
 
     def _edit(self, seq: Sequence, block_logits: torch.Tensor) -> StepResult:
         """One step of LLaDA2.1's loop (mask -> token and token -> token) for the current block;
@@ -193,4 +204,4 @@ class LLaDA2BlockDiffusionRunner(CachedRunner):
         finished = holds_eos or st.block + 1 >= st.num_blocks or e >= P + G
         st.block += 1
         st.step_in_block = st.post_steps = 0
-        return StepResult(seq, committed, finished=finished, nfe=1)
+        return self._result(seq, committed, block_logits, s, finished=finished)
