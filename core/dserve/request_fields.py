@@ -16,6 +16,7 @@ nothing) and any other value is refused by name, with the algorithms that have i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,12 +139,33 @@ def sort_fields(
     return SortedFields(params, tuple(sorted(ignored)))
 
 
+# a client choosing field names must not grow the process's memory or flood its log without bound
+MAX_REPORTED_NAMES = 1000
+MAX_HEADER_NAMES = 32
+MAX_HEADER_NAME_CHARS = 64
+
+
 def report_ignored(names: Collection[str]) -> None:
     for name in names:
-        if name not in _reported:
-            _reported.add(name)
+        if name in _reported or len(_reported) > MAX_REPORTED_NAMES:
+            continue
+        _reported.add(name)
+        if len(_reported) > MAX_REPORTED_NAMES:
+            log.warning("request fields ignored", note=f"{MAX_REPORTED_NAMES} distinct names logged; no more are")
+        else:
             log.warning("request field ignored", field=name, note="logged once per field name")
 
 
+def header_safe(name: str) -> str:
+    """A field name as a header may carry it: printable ASCII, anything else escaped as in JSON
+    (`\\u00e9`, `\\n`), cut to MAX_HEADER_NAME_CHARS (a name is the client's choice: it
+    may hold control characters, surrogates or non-Latin-1 text, none of which a header can)."""
+    escaped = json.dumps(name)[1:-1]  # ensure_ascii: non-ASCII and control characters escaped
+    return escaped if len(escaped) <= MAX_HEADER_NAME_CHARS else escaped[: MAX_HEADER_NAME_CHARS - 3] + "..."
+
+
 def ignored_header(sorted_fields: SortedFields) -> dict[str, str]:
-    return {IGNORED_FIELDS_HEADER: ", ".join(sorted_fields.ignored)} if sorted_fields.ignored else {}
+    names = [header_safe(n) for n in sorted_fields.ignored[:MAX_HEADER_NAMES]]
+    if len(sorted_fields.ignored) > MAX_HEADER_NAMES:
+        names.append(f"... ({len(sorted_fields.ignored) - MAX_HEADER_NAMES} more)")
+    return {IGNORED_FIELDS_HEADER: ", ".join(names)} if names else {}

@@ -125,6 +125,9 @@ def test_draining_503_carries_retry_after(slow):
                 lambda: httpx.get(url + "/batch/stats", timeout=10).json()["running_requests"] == 1, 60, 0.05, "a request running"
             )
             slow.terminate()
+            # a request posted before the server has handled SIGTERM is admitted and runs its
+            # (slowed) course: post only once readiness says the drain has begun
+            wait_for(lambda: httpx.get(url + "/health/ready", timeout=10).status_code == 503, 30, 0.05, "draining")
             r = wait_for(
                 lambda: (x := httpx.post(url + CHAT, json=_chat(model), timeout=30)).status_code == 503 and x,
                 30,

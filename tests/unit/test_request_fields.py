@@ -64,3 +64,17 @@ def test_each_ignored_name_is_logged_once(monkeypatch):
         for _ in range(3):
             _sort({"a_field": 1, "b_field": 2})
     assert sorted(e["field"] for e in logs if e["event"] == "request field ignored") == ["a_field", "b_field"]
+
+
+def test_the_ignored_fields_header_carries_any_name_a_client_sends():
+    """Field names are the client's choice (schemathesis sent surrogates and control characters,
+    which no header can carry: a 500): escaped as in JSON, cut, at most MAX_HEADER_NAMES."""
+    from dserve.request_fields import MAX_HEADER_NAMES, SortedFields, header_safe, ignored_header
+
+    assert header_safe("store") == "store"
+    assert header_safe("\udbca\u00be\r\n") == "\\udbca\\u00be\\r\\n"
+    assert len(header_safe("x" * 500)) == 64
+    value = ignored_header(SortedFields({}, ("\ud83e\udd8c", *(f"f{i:02}" for i in range(40)))))["X-Ignored-Fields"]
+    value.encode("ascii")  # a header value: printable ASCII only
+    assert value.isprintable() and value.count(",") == MAX_HEADER_NAMES
+    assert value.endswith("(9 more)")
